@@ -1,0 +1,192 @@
+"""The abstract base classes every plugin subclasses: Action, Flow, Integrator, Observable, Sampler.
+
+Shapes are a contract: a batch of fields is a tensor ``(B, *field_shape)`` (for U(1) gauge
+fields the link angles ``(B, D, L_0, ..., L_{D-1})``); actions, observables and log-densities
+return ``(B,)``. Components make new tensors from their inputs, so device and dtype follow the data.
+
+Every component except flows is a frozen attrs class whose fields, declared with the helpers of
+:mod:`lattice_flows.params`, are its spec parameters; :meth:`Component.from_spec` builds one from a
+spec section and :meth:`Component.to_spec` gives the section back.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from .params import integer, real
+
+__all__ = ["Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
+
+
+class Component(abc.ABC):
+    """Something built from a spec section. Subclasses are ``@attrs.frozen(kw_only=True)`` classes."""
+
+    #: Parameters that build a typical instance; used by the contract tests and the docs.
+    example_params: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def from_spec(cls, params: Mapping[str, Any], *, name: str, path: str, context: Mapping[str, Any]):
+        """Build from the parameters of a spec section (the section without its ``name`` key).
+
+        ``context`` holds what the simulation injects (``action``, ``lattice_shape``). Every key
+        must be consumed: an unknown key, a missing one or a bad value raises :class:`SpecError`
+        naming ``path``. Components that are not plain attrs classes override this.
+        """
+        from .spec import build_from_params  # the spec module imports the registries, which import this one
+
+        return build_from_params(cls, params, what=name, path=path, context=context)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The spec parameters of this instance (without ``name``); nested components as sections."""
+        from .spec import params_of
+
+        return params_of(self)
+
+
+class Action(Component):
+    """A lattice action ``S[x]``; the target density is ``exp(-S)``."""
+
+    #: Name of the theory whose fields this action acts on; observables declare the same name.
+    theory: ClassVar[str]
+    #: Numbers of lattice dimensions it supports (``None``: any); used to draw test lattices.
+    dimensions: ClassVar[tuple[int, ...] | None] = None
+
+    @abc.abstractmethod
+    def field_shape(self, lattice_shape: Sequence[int]) -> tuple[int, ...]:
+        """Shape of one field configuration on this lattice, e.g. ``(2, L_0, L_1)`` for 2D U(1).
+
+        Raises ``ValueError`` (with the shape and what is supported) for a lattice it cannot handle.
+        """
+
+    @abc.abstractmethod
+    def __call__(self, x: Tensor) -> Tensor:
+        """``S`` per configuration: ``x`` of shape ``(B, *field_shape)`` -> ``(B,)``."""
+
+    def force(self, x: Tensor) -> Tensor:
+        """``dS/dx``, same shape as ``x``. Autograd by default; override with the analytic form."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self(x).sum(), x)
+        return grad
+
+    @abc.abstractmethod
+    def sample_prior(
+        self, n: int, lattice_shape: Sequence[int], *, generator: torch.Generator, dtype: torch.dtype, device
+    ) -> Tensor:
+        """``n`` fields from the theory's simple prior (Haar/uniform for gauge links, normal for scalars).
+
+        Used for hot starts and as the base distribution of flows. Shape ``(n, *field_shape)``.
+        """
+
+    def cold_start(self, n: int, lattice_shape: Sequence[int], *, dtype: torch.dtype, device) -> Tensor:
+        """``n`` ordered fields (all zeros unless overridden), shape ``(n, *field_shape)``."""
+        return torch.zeros((n, *self.field_shape(lattice_shape)), dtype=dtype, device=device)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``x`` mapped to its canonical representative (angles folded into ``[-pi, pi)``). Identity by default."""
+        return x
+
+    @abc.abstractmethod
+    def random_symmetry(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """``x`` under a random symmetry of the action (a gauge transformation for gauge theories).
+
+        The contract tests check that ``S`` and the theory's invariant observables do not change.
+        """
+
+
+class Flow(nn.Module, abc.ABC):
+    """An invertible map ``f: z -> x`` with a tractable log-Jacobian (a normalizing flow).
+
+    ``forward(z) -> (x, logdet)`` with ``logdet = log|det dx/dz|`` and ``inverse(x) -> (z, logdet)``
+    with ``logdet = log|det dz/dx|``, both of shape ``(B,)``.
+    """
+
+    @abc.abstractmethod
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, log|det dx/dz|)``."""
+
+    @abc.abstractmethod
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log|det dz/dx|)``."""
+
+
+@attrs.frozen(kw_only=True)
+class Integrator(Component):
+    """A symplectic, reversible integrator of Hamilton's equations for ``H = v^2/2 + S(x)``.
+
+    Unit masses: ``dx/dt = v``, ``dv/dt = -dS/dx``. The kinetic energy is ``sum v^2 / 2`` everywhere.
+    """
+
+    #: Order of the global error; the energy error per trajectory falls as ``step_size**order``.
+    order: ClassVar[int] = 2
+
+    step_size: float = real(help="molecular-dynamics step size (in units of the trajectory time)", gt=0.0)
+    n_steps: int = integer(help="number of integration steps per trajectory", ge=1)
+
+    @abc.abstractmethod
+    def integrate(self, x: Tensor, v: Tensor, force: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """Integrate ``n_steps`` steps from ``(x, v)``; returns the new ``(x, v)``, same shapes.
+
+        ``force(x)`` returns ``dS/dx``. Reversible: integrating from ``(x', -v')`` returns ``(x, -v)``.
+        """
+
+    @property
+    @abc.abstractmethod
+    def force_evaluations(self) -> int:
+        """Number of calls of ``force`` per trajectory (the cost unit of HMC)."""
+
+
+class Observable(Component):
+    """A measurement on a batch of fields: ``obs(x)`` with ``x`` of shape ``(B, *field_shape)`` -> ``(B,)``."""
+
+    #: The theory whose fields it measures (see :attr:`Action.theory`).
+    theory: ClassVar[str]
+    #: Powers of the observable that the summary reports (``(1, 2)`` adds ``<O^2>``).
+    moments: ClassVar[tuple[int, ...]] = (1,)
+    #: Whether the value is unchanged by :meth:`Action.random_symmetry` (checked by the contract tests).
+    invariant: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def __call__(self, x: Tensor) -> Tensor:
+        """The value per configuration, shape ``(B,)``."""
+
+    def exact(self) -> dict[int, float]:
+        """Exact expectation values ``{power: <O^power>}`` where the theory has them; empty otherwise."""
+        return {}
+
+
+@attrs.frozen
+class ChainState:
+    """The state of a batch of Markov chains: ``x`` is the field measured, ``(B, *field_shape)``.
+
+    Samplers that keep more (a latent field, a cached force) subclass it.
+    """
+
+    x: Tensor
+
+
+class Sampler(Component):
+    """A Markov-chain (or independent) sampler advancing ``B`` chains at once."""
+
+    def check_action(self, action: Action) -> None:
+        """Raise ``ValueError`` if this sampler cannot sample ``action``'s theory. Accepts all by default."""
+
+    def init(self, x: Tensor, action: Action) -> ChainState:
+        """The chain state that starts at fields ``x`` of shape ``(B, *field_shape)``."""
+        return ChainState(x=x)
+
+    @abc.abstractmethod
+    def step(
+        self, state: ChainState, action: Action, generator: torch.Generator
+    ) -> tuple[ChainState, dict[str, Tensor]]:
+        """One update of every chain (one trajectory for HMC).
+
+        Returns the new state and per-chain information, at least ``accepted`` (bool, ``(B,)``) and
+        ``delta_H`` (``(B,)``, zero for samplers without a Hamiltonian); every entry becomes a column
+        of the results table.
+        """

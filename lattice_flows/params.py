@@ -1,0 +1,111 @@
+"""Typed, validated spec parameters for components (attrs fields with a help text).
+
+A component's spec parameters are the attrs fields it declares with these helpers. They
+check the type strictly (``"3.0"`` is not a number, ``True`` is not an integer) and raise
+:class:`~lattice_flows.errors.ParameterError` with the bad value and what was expected, so a spec
+mistake reads ``spec['action']['beta']: expected a number > 0, got -1.0``. The help text is
+what ``lattice-flows --help`` and the spec reference show.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import attrs
+
+from .errors import ParameterError
+
+__all__ = ["real", "integer", "choice", "flag", "component", "injected"]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float_if_number(value: Any) -> Any:
+    # Converters run before validators: turn 3 into 3.0, leave anything else for the validator to reject.
+    return float(value) if _is_number(value) else value
+
+
+def _bounds_text(gt, ge, lt=None) -> str:
+    parts = []
+    if gt is not None:
+        parts.append(f"> {gt}")
+    if ge is not None:
+        parts.append(f">= {ge}")
+    if lt is not None:
+        parts.append(f"< {lt}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _check_number(kind: str, gt, ge, is_ok, lt=None):
+    def check(instance, attribute, value):
+        expected = f"{kind}{_bounds_text(gt, ge, lt)}"
+        if not is_ok(value):
+            raise ParameterError(attribute.name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+        too_small = (gt is not None and not value > gt) or (ge is not None and not value >= ge)
+        if too_small or (lt is not None and not value < lt) or value != value:
+            raise ParameterError(attribute.name, f"expected {expected}, got {value!r}")
+
+    return check
+
+
+def real(
+    *, help: str, default: Any = attrs.NOTHING, gt: float | None = None, ge: float | None = None, lt: float | None = None
+):
+    """A real-number parameter (ints are accepted and converted to float); NaN is rejected."""
+    return attrs.field(
+        default=default,
+        converter=_float_if_number,
+        validator=_check_number("a number", gt, ge, lambda v: isinstance(v, float), lt),
+        metadata={"help": help, "type": "number"},
+    )
+
+
+def integer(*, help: str, default: Any = attrs.NOTHING, ge: int | None = None):
+    """An integer parameter (floats and bools are rejected)."""
+    return attrs.field(
+        default=default,
+        validator=_check_number(
+            "an integer", None, ge, lambda v: isinstance(v, int) and not isinstance(v, bool)
+        ),
+        metadata={"help": help, "type": "integer"},
+    )
+
+
+def choice(options: Sequence[str], *, help: str, default: Any = attrs.NOTHING):
+    """A parameter that takes one of a fixed set of strings."""
+    options = tuple(options)
+
+    def check(instance, attribute, value):
+        if value not in options:
+            raise ParameterError(attribute.name, f"expected one of {', '.join(map(repr, options))}, got {value!r}")
+
+    return attrs.field(default=default, validator=check, metadata={"help": help, "type": "choice", "choices": options})
+
+
+def flag(*, help: str, default: bool):
+    """A boolean parameter."""
+
+    def check(instance, attribute, value):
+        if not isinstance(value, bool):
+            raise ParameterError(attribute.name, f"expected true or false, got {value!r} ({type(value).__name__})")
+
+    return attrs.field(default=default, validator=check, metadata={"help": help, "type": "bool"})
+
+
+def component(kind: str, *, help: str, default: Any = attrs.NOTHING):
+    """A nested component, built from its own spec section by the registry of ``kind``.
+
+    ``kind`` is a registry name: ``"integrators"``, ``"flows"``, ... The spec value is a name or a
+    table with a ``name`` key and that component's parameters.
+    """
+    return attrs.field(default=default, metadata={"help": help, "type": "component", "component": kind})
+
+
+def injected(what: str):
+    """A field filled by the simulation, not by the spec: ``"action"`` or ``"lattice_shape"``.
+
+    An observable that needs the action (``S / V``) or the lattice shape declares such a field.
+    """
+    return attrs.field(metadata={"inject": what})

@@ -1,0 +1,298 @@
+"""A simulation built from a spec: lattice, action, sampler, observables and run settings.
+
+Data flows spec -> components -> sampler -> table: :meth:`Simulation.from_spec` builds the
+components, :meth:`Simulation.run` drives the sampler over ``n_chains`` chains at once and returns
+a pandas table, :meth:`Simulation.summary` analyses it (:mod:`lattice_flows.analysis`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import attrs
+import numpy as np
+import pandas as pd
+import torch
+
+from . import analysis
+from .base import Action, Observable, Sampler
+from .errors import SpecError
+from .params import choice, integer
+from .registry import ACTIONS, OBSERVABLES
+from .spec import build_component, build_from_params, check_table, component_spec, params_of, spec_fields
+
+__all__ = ["Simulation", "RunSettings", "SPEC_KEYS"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _check_device(instance, attribute, value):
+    from .errors import ParameterError
+
+    if not isinstance(value, str):
+        raise ParameterError(attribute.name, f"expected a device name such as 'cpu', 'cuda', 'cuda:1' or 'auto', got {value!r}")
+    if value == "auto":
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ParameterError(
+            attribute.name, f"expected a device name such as 'cpu', 'cuda', 'cuda:1' or 'auto', got {value!r}"
+        ) from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(attribute.name, f"device {value!r} requested but CUDA is not available here; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ParameterError(attribute.name, f"device {value!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+        return
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ParameterError(attribute.name, f"device {value!r} is not supported or not available; use 'cpu', 'cuda' or 'auto'")
+
+
+@attrs.frozen(kw_only=True)
+class RunSettings:
+    """The scalar settings of a run (top-level spec keys)."""
+
+    n_chains: int = integer(help="number of Markov chains advanced together as one batch", default=16, ge=1)
+    n_thermalization: int = integer(help="updates per chain discarded before measuring", default=100, ge=0)
+    n_trajectories: int = integer(help="measured updates per chain (rows per chain in the table)", default=1000, ge=1)
+    seed: int = integer(help="seed of the run's random generator; same spec and seed give the same table", default=0, ge=0)
+    device: str = attrs.field(
+        default="cpu",
+        validator=_check_device,
+        metadata={"help": "torch device: 'cpu', 'cuda', 'cuda:N', or 'auto' (CUDA when available)", "type": "device"},
+    )
+    dtype: str = choice(DTYPES, help="floating-point type of the fields", default="float64")
+    start: str = choice(("hot", "cold"), help="initial fields: 'hot' draws from the prior, 'cold' is ordered", default="hot")
+
+
+#: Top-level keys of a spec, in the order :meth:`Simulation.to_spec` writes them.
+SPEC_KEYS = ("lattice", "action", "sampler", "observables") + tuple(f.name for f in attrs.fields(RunSettings))
+
+
+@attrs.define(kw_only=True, eq=False)
+class Simulation:
+    """Everything a run needs, built and validated.
+
+    ``action(x)`` gives ``S`` per configuration (``x`` of shape ``(B, *action.field_shape(lattice_shape))``,
+    result ``(B,)``); ``observables`` maps column names to observables with the same call shape.
+    """
+
+    lattice_shape: tuple[int, ...]
+    action: Action
+    sampler: Sampler
+    observables: dict[str, Observable]
+    settings: RunSettings
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "Simulation":
+        """Build a simulation from a spec dict (see the README for its keys). Raises :class:`SpecError`."""
+        spec = check_table(spec, "spec", "the simulation spec")
+        unknown = [k for k in spec if k not in SPEC_KEYS]
+        if unknown:
+            raise SpecError(f"spec: unknown key {unknown[0]!r}; accepted: {', '.join(SPEC_KEYS)}")
+        for key in ("lattice", "action", "sampler"):
+            if key not in spec:
+                raise SpecError(f"spec: missing key {key!r}; required: lattice, action, sampler")
+
+        lattice = check_table(spec["lattice"], "spec['lattice']", "the lattice")
+        if set(lattice) != {"shape"}:
+            extra = sorted(set(lattice) - {"shape"})
+            raise SpecError(
+                f"spec['lattice']: unknown key {extra[0]!r}; accepted: shape" if extra else "spec['lattice']: missing key 'shape'"
+            )
+        shape = lattice["shape"]
+        if not (
+            isinstance(shape, (list, tuple))
+            and shape
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+        ):
+            raise SpecError(f"spec['lattice']['shape']: expected a list of positive integers such as [16, 16], got {shape!r}")
+        lattice_shape = tuple(shape)
+
+        context: dict[str, Any] = {"lattice_shape": lattice_shape}
+        action = build_component("actions", spec["action"], "spec['action']", context)
+        try:
+            action.field_shape(lattice_shape)
+        except ValueError as exc:
+            raise SpecError(f"spec['lattice']['shape']: {exc}") from None
+        context["action"] = action
+
+        sampler = build_component("samplers", spec["sampler"], "spec['sampler']", context)
+        try:
+            sampler.check_action(action)
+        except ValueError as exc:
+            raise SpecError(f"spec['sampler']: {exc}") from None
+
+        if "observables" in spec:
+            observables = cls._build_observables(spec["observables"], action, context)
+        else:
+            observables = cls._default_observables(action, context)
+
+        settings_spec = {k: spec[k] for k in SPEC_KEYS[4:] if k in spec}
+        settings = build_from_params(RunSettings, settings_spec, what="the run", path="spec", context={})
+        return cls(lattice_shape=lattice_shape, action=action, sampler=sampler, observables=observables, settings=settings)
+
+    @staticmethod
+    def _build_observables(entries: Any, action: Action, context: Mapping[str, Any]) -> dict[str, Observable]:
+        if not isinstance(entries, (list, tuple)):
+            raise SpecError(
+                "spec['observables']: expected a list of observable names or tables "
+                f"(e.g. ['plaquette', {{'name': 'wilson_loop', 'R': 2, 'T': 2}}]), got {entries!r}"
+            )
+        observables: dict[str, Observable] = {}
+        for i, entry in enumerate(entries):
+            path = f"spec['observables'][{i}]"
+            column = None
+            if isinstance(entry, Mapping) and "column" in entry:
+                column = entry["column"]
+                if not isinstance(column, str) or not column:
+                    raise SpecError(f"{path}['column']: expected a non-empty string, got {column!r}")
+                entry = {k: v for k, v in entry.items() if k != "column"}
+            obs = build_component("observables", entry, path, context)
+            name = OBSERVABLES.name_of(type(obs))
+            if obs.theory != action.theory:
+                fitting = [n for n, e in OBSERVABLES.entries().items() if getattr(e.cls, "theory", None) == action.theory]
+                raise SpecError(
+                    f"{path}: observable {name!r} measures {obs.theory} fields, but the action is a "
+                    f"{action.theory} theory; observables for {action.theory}: {', '.join(sorted(fitting)) or '(none)'}"
+                )
+            if column is None:
+                params = obs.to_spec()
+                column = name if not params else name + "(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")"
+            if column in observables or column in ("chain", "trajectory", "accepted", "delta_H"):
+                raise SpecError(f"{path}: column name {column!r} is used twice; give one entry a different 'column'")
+            observables[column] = obs
+        return observables
+
+    @staticmethod
+    def _default_observables(action: Action, context: Mapping[str, Any]) -> dict[str, Observable]:
+        """Every registered observable of the action's theory that needs no parameters."""
+        observables = {}
+        for name, entry in sorted(OBSERVABLES.entries().items()):
+            cls = entry.cls
+            if getattr(cls, "theory", None) != action.theory:
+                continue
+            if any(f.default is attrs.NOTHING for f in spec_fields(cls)):
+                continue
+            observables[name] = build_component("observables", name, f"spec['observables'] (default {name!r})", context)
+        return observables
+
+    def to_spec(self) -> dict[str, Any]:
+        """A spec dict, with every default written out, that builds an equal simulation."""
+        observables: list[Any] = []
+        for column, obs in self.observables.items():
+            section = component_spec("observables", obs)
+            default_column = section["name"] if len(section) == 1 else None
+            if column == default_column:
+                observables.append(section["name"])
+            else:
+                observables.append({**section, "column": column})
+        return copy.deepcopy(
+            {
+                "lattice": {"shape": list(self.lattice_shape)},
+                "action": component_spec("actions", self.action),
+                "sampler": component_spec("samplers", self.sampler),
+                "observables": observables,
+                **params_of(self.settings),
+            }
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Simulation):
+            return NotImplemented
+        return self.to_spec() == other.to_spec()
+
+    def evolve(self, **changes: Any) -> "Simulation":
+        """A copy with run settings changed (``n_chains=64``), e.g. for sweeps."""
+        return attrs.evolve(self, settings=attrs.evolve(self.settings, **changes))
+
+    # -- running ----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        if self.settings.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.settings.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.settings.dtype]
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator on the run's device, seeded with the spec's seed."""
+        return torch.Generator(device=self.device).manual_seed(self.settings.seed)
+
+    def initial_fields(self, generator: torch.Generator) -> torch.Tensor:
+        """Starting fields for every chain, ``(n_chains, *field_shape)``."""
+        n, kw = self.settings.n_chains, {"dtype": self.dtype, "device": self.device}
+        if self.settings.start == "cold":
+            return self.action.cold_start(n, self.lattice_shape, **kw)
+        return self.action.sample_prior(n, self.lattice_shape, generator=generator, **kw)
+
+    def measure(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every observable on the batch ``x``: ``{column: (B,)}``."""
+        return {column: obs(x) for column, obs in self.observables.items()}
+
+    @torch.no_grad()
+    def run(self) -> pd.DataFrame:
+        """Thermalize, then sample; one row per chain and measured trajectory.
+
+        Columns: ``chain``, ``trajectory`` (0-based, after thermalization), ``accepted`` (bool),
+        ``delta_H``, whatever else the sampler reports, then one column per observable. Rows are
+        ordered by chain, then trajectory.
+        """
+        generator = self.generator()
+        state = self.sampler.init(self.initial_fields(generator), self.action)
+        for _ in range(self.settings.n_thermalization):
+            state, _ = self.sampler.step(state, self.action, generator)
+        records: dict[str, list[torch.Tensor]] = {}
+        for _ in range(self.settings.n_trajectories):
+            state, info = self.sampler.step(state, self.action, generator)
+            for key, value in {**info, **self.measure(state.x)}.items():
+                records.setdefault(key, []).append(value)
+        return self._table(records)
+
+    def _table(self, records: dict[str, list[torch.Tensor]]) -> pd.DataFrame:
+        n_chains, n_traj = self.settings.n_chains, self.settings.n_trajectories
+        columns: dict[str, Any] = {
+            "chain": np.repeat(np.arange(n_chains), n_traj),
+            "trajectory": np.tile(np.arange(n_traj), n_chains),
+        }
+        for key, values in records.items():
+            # (n_traj, n_chains) -> chain-major rows
+            columns[key] = torch.stack(values).T.reshape(-1).cpu().numpy()
+        return pd.DataFrame(columns)
+
+    # -- analysis ---------------------------------------------------------------------------
+
+    def summary(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Mean, error and ``tau_int`` of every column (Gamma method), with exact values where known.
+
+        Rows: ``accepted`` (the acceptance rate), ``delta_H``, ``exp(-delta_H)`` (exactly 1 for a
+        correct HMC), each observable and the higher moments it asks for (``topological_charge^2``).
+        Columns of :func:`lattice_flows.analysis.summarize` plus ``exact`` and ``pull``
+        (``(mean - exact) / error``).
+        """
+        derived = {}
+        exact: dict[str, float] = {}
+        for column, obs in self.observables.items():
+            values = obs.exact()
+            for power in obs.moments:
+                label = column if power == 1 else f"{column}^{power}"
+                if power != 1:
+                    derived[label] = lambda t, c=column, p=power: t[c].astype(float) ** p
+                if power in values:
+                    exact[label] = values[power]
+        result = analysis.summarize(table, derived=derived)
+        if "exp(-delta_H)" in result.index:
+            exact["exp(-delta_H)"] = 1.0  # holds for every exact sampler with a Hamiltonian (and trivially without)
+        result["exact"] = pd.Series(exact, dtype=float).reindex(result.index)
+        result["pull"] = (result["mean"] - result["exact"]) / result["error"]
+        return result

@@ -1,0 +1,108 @@
+"""Building components from spec sections, with errors that name the path in the spec.
+
+A spec section for a component is its name (``"leapfrog"``) or a table with a ``name`` key and
+the component's parameters (``{"name": "leapfrog", "step_size": 0.1, "n_steps": 10}``). Every key
+is consumed; anything unknown, missing or ill-typed raises :class:`SpecError` with the path
+(``spec['sampler']['integrator']['step_size']``) and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+
+from .errors import ParameterError, SpecError, UnknownComponentError
+
+__all__ = ["spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table"]
+
+
+def check_table(value: Any, path: str, what: str) -> Mapping[str, Any]:
+    """``value`` if it is a mapping with string keys, else a :class:`SpecError`."""
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{path}: expected a table (dict) for {what}, got {value!r} ({type(value).__name__})")
+    for key in value:
+        if not isinstance(key, str):
+            raise SpecError(f"{path}: keys must be strings, got {key!r}")
+    return value
+
+
+def spec_fields(cls: type) -> list[attrs.Attribute]:
+    """The attrs fields of ``cls`` that are spec parameters (those the simulation does not inject)."""
+    return [f for f in attrs.fields(cls) if "inject" not in f.metadata]
+
+
+def build_from_params(cls: type, params: Mapping[str, Any], *, what: str, path: str, context: Mapping[str, Any]):
+    """Build the attrs class ``cls`` from ``params``, consuming every key.
+
+    Fields with ``metadata["component"]`` are built from their own section by the registry of that
+    kind; fields with ``metadata["inject"]`` are taken from ``context`` (never from the spec).
+    ``what`` names the thing in messages (``"u1_wilson"``).
+    """
+    fields = spec_fields(cls)
+    accepted = [f.name for f in fields]
+    for key in params:
+        if key not in accepted:
+            raise SpecError(
+                f"{path}: unknown parameter {key!r} for {what}; accepted: {', '.join(accepted) or '(none)'}"
+            )
+    required = [f.name for f in fields if f.default is attrs.NOTHING]
+    missing = [name for name in required if name not in params]
+    if missing:
+        raise SpecError(f"{path}: missing parameter {missing[0]!r} for {what}; required: {', '.join(required)}")
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        if f.name in params:
+            value = params[f.name]
+            if "component" in f.metadata:
+                value = build_component(f.metadata["component"], value, f"{path}[{f.name!r}]", context)
+            kwargs[f.name] = value
+    for f in attrs.fields(cls):
+        if "inject" in f.metadata:
+            kwargs[f.name] = context[f.metadata["inject"]]
+    try:
+        return cls(**kwargs)
+    except ParameterError as exc:
+        raise SpecError(f"{path}[{exc.param!r}]: {exc.reason}") from None
+
+
+def build_component(kind: str, section: Any, path: str, context: Mapping[str, Any]):
+    """Build a component of ``kind`` (``"actions"``, ...) from its spec section."""
+    from .registry import registry_of_kind
+
+    registry = registry_of_kind(kind)
+    if isinstance(section, str):
+        name, params = section, {}
+    else:
+        section = check_table(section, path, f"a {registry.singular}")
+        if "name" not in section:
+            raise SpecError(f"{path}: missing key 'name'; available {registry.kind}: {', '.join(registry.names())}")
+        name = section["name"]
+        params = {k: v for k, v in section.items() if k != "name"}
+    if not isinstance(name, str):
+        raise SpecError(f"{path}['name']: expected the name of a {registry.singular}, got {name!r}")
+    try:
+        cls = registry.get(name)
+    except UnknownComponentError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    return cls.from_spec(params, name=name, path=path, context=context)
+
+
+def component_spec(kind: str, component: Any) -> dict[str, Any]:
+    """The spec section that rebuilds ``component``: ``{"name": ..., **parameters}``."""
+    from .registry import registry_of_kind
+
+    return {"name": registry_of_kind(kind).name_of(type(component)), **component.to_spec()}
+
+
+def params_of(obj: Any) -> dict[str, Any]:
+    """The spec parameters of the attrs instance ``obj``; nested components as their sections."""
+    out: dict[str, Any] = {}
+    for f in spec_fields(type(obj)):
+        value = getattr(obj, f.name)
+        if "component" in f.metadata:
+            value = component_spec(f.metadata["component"], value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out

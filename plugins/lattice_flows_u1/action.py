@@ -1,0 +1,65 @@
+"""The U(1) Wilson gauge action in two dimensions."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Sequence
+
+import attrs
+import torch
+from torch import Tensor
+
+from lattice_flows import Action
+from lattice_flows.params import real
+
+from .geometry import plaquette_angles, random_gauge_transform, wrap
+
+__all__ = ["U1Wilson"]
+
+
+@attrs.frozen(kw_only=True)
+class U1Wilson(Action):
+    """``S(x) = beta * sum_P (1 - cos x_P)`` on a periodic ``L_0 x L_1`` lattice.
+
+    Fields: link angles ``(B, 2, L_0, L_1)`` in radians; ``S`` is dimensionless, shape ``(B,)``.
+    Any lattice size works (the flows later need multiples of 4).
+    """
+
+    theory: ClassVar[str] = "u1"
+    dimensions: ClassVar[tuple[int, ...]] = (2,)
+    example_params: ClassVar[dict] = {"beta": 2.0}
+
+    beta: float = real(help="inverse gauge coupling beta (> 0)", gt=0.0)
+
+    def field_shape(self, lattice_shape: Sequence[int]) -> tuple[int, ...]:
+        if len(lattice_shape) != 2:
+            raise ValueError(f"u1_wilson is a 2D theory: expected a lattice shape [L_0, L_1], got {list(lattice_shape)}")
+        if min(lattice_shape) < 1:
+            raise ValueError(f"expected positive lattice sizes, got {list(lattice_shape)}")
+        return (2, *lattice_shape)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.beta * (1 - torch.cos(plaquette_angles(x))).sum(dim=(1, 2))
+
+    def force(self, x: Tensor) -> Tensor:
+        """``dS/dx_mu(n) = beta * sum of ±sin x_P`` over the two plaquettes containing the link.
+
+        ``x_0(n)`` enters ``x_P(n)`` with + and ``x_P(n - e_1)`` with -; ``x_1(n)`` enters
+        ``x_P(n - e_0)`` with + and ``x_P(n)`` with -.
+        """
+        s = torch.sin_(plaquette_angles(x))
+        f = torch.empty_like(x)
+        torch.sub(s, torch.roll(s, 1, dims=2), out=f[:, 0])
+        torch.sub(torch.roll(s, 1, dims=1), s, out=f[:, 1])
+        return f.mul_(self.beta)
+
+    def sample_prior(self, n, lattice_shape, *, generator, dtype, device) -> Tensor:
+        """Haar-random links: angles uniform in ``[-pi, pi)``, shape ``(n, 2, L_0, L_1)``."""
+        u = torch.rand((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
+        return (2 * u - 1) * math.pi
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return wrap(x)
+
+    def random_symmetry(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return random_gauge_transform(x, generator)

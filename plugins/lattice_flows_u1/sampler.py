@@ -1,0 +1,35 @@
+"""The exact direct sampler of 2D U(1) Wilson gauge theory, as a :class:`~lattice_flows.Sampler`."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from lattice_flows import Action, ChainState, Sampler
+
+from .action import U1Wilson
+from .exact_sampling import sample_exact
+
+__all__ = ["U1Exact"]
+
+
+@attrs.frozen(kw_only=True)
+class U1Exact(Sampler):
+    """Independent exact configurations every step (no Markov chain: ``tau_int = 1/2``).
+
+    The ideal sampler to compare others against; ``accepted`` is always true and ``delta_H`` zero.
+    """
+
+    def check_action(self, action: Action) -> None:
+        if not isinstance(action, U1Wilson):
+            raise ValueError(f"u1_exact samples only the u1_wilson action, got {type(action).__name__}")
+
+    def step(self, state: ChainState, action: Action, generator: torch.Generator):
+        x = state.x
+        lattice_shape = tuple(x.shape[2:])
+        new = sample_exact(action.beta, x.shape[0], lattice_shape, generator=generator, dtype=x.dtype, device=x.device)
+        info = {
+            "accepted": torch.ones(x.shape[0], dtype=torch.bool, device=x.device),
+            "delta_H": x.new_zeros(x.shape[0]),
+        }
+        return ChainState(x=new), info

@@ -1,0 +1,63 @@
+"""Test options and fixtures: ``--device`` and ``--dtype`` for the tensors the tests make, seeds for all.
+
+Property tests run on CUDA when a GPU is present (``--device cuda`` is the default there) and on
+the CPU otherwise; ``--dtype float32`` reruns them in single precision with looser tolerances.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=20,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_addoption(parser):
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.addoption("--device", default=default_device, help=f"torch device for test tensors (default: {default_device})")
+    parser.addoption("--dtype", default="float64", choices=["float64", "float32"], help="dtype for test tensors")
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    return torch.device(pytestconfig.getoption("--device"))
+
+
+@pytest.fixture(scope="session")
+def dtype(pytestconfig) -> torch.dtype:
+    return getattr(torch, pytestconfig.getoption("--dtype"))
+
+
+@pytest.fixture(scope="session")
+def tol(dtype) -> float:
+    """Relative tolerance for round-off-level comparisons in the session's dtype."""
+    return 1e-10 if dtype == torch.float64 else 2e-4
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
