@@ -95,3 +95,26 @@ def test_action_density_and_plaquette_agree(device):
     )
     x = _random_links((4, 4), 9, device, torch.float64)
     assert torch.allclose(sim.observables["action_density"](x), 2.5 * (1 - sim.observables["plaquette"](x)), atol=1e-13)
+
+
+@given(
+    beta=st.floats(0.1, 10.0),
+    L0=st.integers(2, 6),
+    L1=st.integers(2, 6),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_hmc_trajectory_reversible_and_energy_conserving_over_beta(beta, L0, L1, batch, seed, device):
+    from lattice_flows_hmc.hmc import HMC, kinetic_energy
+    from lattice_flows_hmc.integrators import Leapfrog
+
+    action = U1Wilson(beta=beta)
+    x0 = _random_links((L0, L1), seed, device, torch.float64, batch=batch)
+    v0 = torch.randn(x0.shape, generator=torch.Generator(device=device).manual_seed(seed + 1), dtype=torch.float64, device=device)
+    hmc = HMC(integrator=Leapfrog(step_size=0.02 / math.sqrt(beta), n_steps=20))
+    x1, v1, delta_H = hmc.trajectory(x0, v0, action)
+    x2, v2, back = hmc.trajectory(x1, -v1, action)
+    assert torch.allclose(x2, x0, rtol=0, atol=1e-10) and torch.allclose(-v2, v0, rtol=0, atol=1e-10)
+    assert torch.allclose(back, -delta_H, atol=1e-9)
+    # small steps: |dH| is small compared with the energy scale of the system
+    assert torch.all(delta_H.abs() < 0.05 * (kinetic_energy(v0) + action(x0)))
