@@ -83,6 +83,10 @@ class Action(Component):
         Used for hot starts and as the base distribution of flows. Shape ``(n, *field_shape)``.
         """
 
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """``log r(x)`` of the prior that :meth:`sample_prior` draws from, ``(B,)``; flows need it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no prior density, so flows cannot use it")
+
     def cold_start(self, n: int, lattice_shape: Sequence[int], *, dtype: torch.dtype, device) -> Tensor:
         """``n`` ordered fields (all zeros unless overridden), shape ``(n, *field_shape)``."""
         return torch.zeros((n, *self.field_shape(lattice_shape)), dtype=dtype, device=device)
@@ -103,8 +107,45 @@ class Flow(nn.Module, abc.ABC):
     """An invertible map ``f: z -> x`` with a tractable log-Jacobian (a normalizing flow).
 
     ``forward(z) -> (x, logdet)`` with ``logdet = log|det dx/dz|`` and ``inverse(x) -> (z, logdet)``
-    with ``logdet = log|det dz/dx|``, both of shape ``(B,)``.
+    with ``logdet = log|det dz/dx|``, both of shape ``(B,)``; ``z`` and ``x`` have the field shape of
+    the theory, ``(B, *field_shape)``.
+
+    A flow is an ``nn.Module``, so its spec parameters live in a separate frozen attrs class,
+    ``Config`` (fields declared with :mod:`lattice_flows.params`); the flow is built as
+    ``cls(config, lattice_shape)``. Weights must not depend on the lattice size (convolutions with
+    circular padding), so a ``state_dict`` trained on one lattice loads on another: anything that
+    depends on the size (masks) is a non-persistent buffer.
     """
+
+    #: The spec parameters: a frozen attrs class.
+    Config: ClassVar[type]
+    #: The theory whose fields it transforms (see :attr:`Action.theory`).
+    theory: ClassVar[str]
+    #: Parameters that build a small, typical instance; used by the contract tests and the docs.
+    example_params: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, config: Any, lattice_shape: Sequence[int]):
+        super().__init__()
+        self.config = config
+        self.lattice_shape = tuple(lattice_shape)
+
+    @classmethod
+    def check_lattice(cls, lattice_shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` (with the shape and what is supported) if the flow cannot act on it."""
+
+    @classmethod
+    def from_spec(cls, params: Mapping[str, Any], *, name: str, path: str, context: Mapping[str, Any]):
+        """Build from a spec section's parameters, for the lattice in ``context["lattice_shape"]``."""
+        from .spec import build_from_params
+
+        config = build_from_params(cls.Config, params, what=name, path=path, context=context)
+        return cls(config, context["lattice_shape"])
+
+    def to_spec(self) -> dict[str, Any]:
+        """The spec parameters of this flow (without ``name``)."""
+        from .spec import params_of
+
+        return params_of(self.config)
 
     @abc.abstractmethod
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,6 +58,10 @@ class U1Wilson(Action):
         u = torch.rand((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
         return (2 * u - 1) * math.pi
 
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """Uniform density ``(2 pi)^(-2V)`` on ``[-pi, pi)^(2V)``, ``(B,)``."""
+        return x.new_full((x.shape[0],), -x[0].numel() * math.log(2 * math.pi))
+
     def normalize(self, x: Tensor) -> Tensor:
         return wrap(x)
 
