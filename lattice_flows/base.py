@@ -121,6 +121,8 @@ class Flow(nn.Module, abc.ABC):
     Config: ClassVar[type]
     #: The theory whose fields it transforms (see :attr:`Action.theory`).
     theory: ClassVar[str]
+    #: Whether ``f(g z) = g f(z)`` for the action's symmetries (:meth:`Action.random_symmetry`); tested.
+    equivariant: ClassVar[bool] = True
     #: Parameters that build a small, typical instance; used by the contract tests and the docs.
     example_params: ClassVar[Mapping[str, Any]] = {}
 

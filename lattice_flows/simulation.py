@@ -16,10 +16,12 @@ import pandas as pd
 import torch
 
 from . import analysis
-from .base import Action, Observable, Sampler
+from .base import Action, Flow, Observable, Sampler
+from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .errors import SpecError
 from .params import choice, integer
-from .registry import ACTIONS, OBSERVABLES
+from .registry import OBSERVABLES
+from .training import TrainingError, TrainingSettings, sample_flow, train_flow
 from .spec import build_component, build_from_params, check_table, component_spec, params_of, spec_fields
 
 __all__ = ["Simulation", "RunSettings", "SPEC_KEYS"]
@@ -71,7 +73,13 @@ class RunSettings:
 
 
 #: Top-level keys of a spec, in the order :meth:`Simulation.to_spec` writes them.
-SPEC_KEYS = ("lattice", "action", "sampler", "observables") + tuple(f.name for f in attrs.fields(RunSettings))
+SPEC_KEYS = ("lattice", "action", "flow", "training", "sampler", "observables") + tuple(
+    f.name for f in attrs.fields(RunSettings)
+)
+_SETTINGS_KEYS = tuple(f.name for f in attrs.fields(RunSettings))
+
+#: Offset of the training generator's seed from the run's, so training and sampling draw different streams.
+TRAINING_SEED_OFFSET = 1 << 40
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -87,6 +95,14 @@ class Simulation:
     sampler: Sampler
     observables: dict[str, Observable]
     settings: RunSettings
+    #: The flow (an ``nn.Module`` on the run's device and dtype), if the spec has a ``flow`` section.
+    flow: Flow | None = None
+    #: The ``training`` section, if any.
+    training: TrainingSettings | None = None
+    #: One row per training step so far (see :func:`lattice_flows.training.train_flow`).
+    history: pd.DataFrame | None = None
+    _optimizer: torch.optim.Optimizer | None = attrs.field(default=None, alias="_optimizer")
+    _train_generator: torch.Generator | None = attrs.field(default=None, alias="_train_generator")
 
     # -- building ---------------------------------------------------------------------------
 
@@ -124,6 +140,17 @@ class Simulation:
             raise SpecError(f"spec['lattice']['shape']: {exc}") from None
         context["action"] = action
 
+        flow = None
+        if spec.get("flow") is not None:
+            flow = cls._build_flow(spec["flow"], action, context)
+            context["flow"] = flow
+        training = None
+        if spec.get("training") is not None:
+            if flow is None:
+                raise SpecError("spec['training']: there is no 'flow' section, so there is nothing to train")
+            table = check_table(spec["training"], "spec['training']", "the training settings")
+            training = build_from_params(TrainingSettings, table, what="training", path="spec['training']", context={})
+
         sampler = build_component("samplers", spec["sampler"], "spec['sampler']", context)
         try:
             sampler.check_action(action)
@@ -135,9 +162,37 @@ class Simulation:
         else:
             observables = cls._default_observables(action, context)
 
-        settings_spec = {k: spec[k] for k in SPEC_KEYS[4:] if k in spec}
+        settings_spec = {k: spec[k] for k in _SETTINGS_KEYS if k in spec}
         settings = build_from_params(RunSettings, settings_spec, what="the run", path="spec", context={})
-        return cls(lattice_shape=lattice_shape, action=action, sampler=sampler, observables=observables, settings=settings)
+        sim = cls(
+            lattice_shape=lattice_shape,
+            action=action,
+            sampler=sampler,
+            observables=observables,
+            settings=settings,
+            flow=flow,
+            training=training,
+        )
+        if flow is not None:
+            flow.to(device=sim.device, dtype=sim.dtype)
+        return sim
+
+    @staticmethod
+    def _build_flow(section: Any, action: Action, context: Mapping[str, Any]) -> Flow:
+        from .registry import FLOWS
+
+        name = section if isinstance(section, str) else check_table(section, "spec['flow']", "a flow").get("name")
+        if isinstance(name, str) and name in FLOWS.names():
+            cls = FLOWS.get(name)
+            if cls.theory != action.theory:
+                raise SpecError(
+                    f"spec['flow']: flow {name!r} transforms {cls.theory} fields, but the action is a {action.theory} theory"
+                )
+            try:
+                cls.check_lattice(context["lattice_shape"])
+            except ValueError as exc:
+                raise SpecError(f"spec['lattice']['shape']: {exc}") from None
+        return build_component("flows", section, "spec['flow']", context)
 
     @staticmethod
     def _build_observables(entries: Any, action: Action, context: Mapping[str, Any]) -> dict[str, Observable]:
@@ -194,15 +249,18 @@ class Simulation:
                 observables.append(section["name"])
             else:
                 observables.append({**section, "column": column})
-        return copy.deepcopy(
-            {
-                "lattice": {"shape": list(self.lattice_shape)},
-                "action": component_spec("actions", self.action),
-                "sampler": component_spec("samplers", self.sampler),
-                "observables": observables,
-                **params_of(self.settings),
-            }
-        )
+        spec: dict[str, Any] = {
+            "lattice": {"shape": list(self.lattice_shape)},
+            "action": component_spec("actions", self.action),
+        }
+        if self.flow is not None:
+            spec["flow"] = component_spec("flows", self.flow)
+        if self.training is not None:
+            spec["training"] = params_of(self.training)
+        spec["sampler"] = component_spec("samplers", self.sampler)
+        spec["observables"] = observables
+        spec.update(params_of(self.settings))
+        return copy.deepcopy(spec)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Simulation):
@@ -210,8 +268,121 @@ class Simulation:
         return self.to_spec() == other.to_spec()
 
     def evolve(self, **changes: Any) -> "Simulation":
-        """A copy with run settings changed (``n_chains=64``), e.g. for sweeps."""
+        """A copy with run settings changed (``n_chains=64``), e.g. for sweeps; it shares the flow."""
         return attrs.evolve(self, settings=attrs.evolve(self.settings, **changes))
+
+    # -- flows: sampling, training, checkpoints ----------------------------------------------
+
+    def _require_flow(self, what: str) -> Flow:
+        if self.flow is None:
+            raise SpecError(f"spec: {what} needs a 'flow' section, and this spec has none")
+        return self.flow
+
+    @torch.no_grad()
+    def sample_flow(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` fields from the flow and their model log-density ``log q(x)``: ``(n, *field_shape)``, ``(n,)``."""
+        flow = self._require_flow("sampling a flow")
+        generator = generator if generator is not None else self.generator()
+        return sample_flow(flow, self.action, self.lattice_shape, n, generator=generator, dtype=self.dtype, device=self.device)
+
+    @torch.no_grad()
+    def flow_quality(self, n: int = 1024, generator: torch.Generator | None = None) -> dict[str, float]:
+        """ESS and reverse-KL loss ``mean(log q + S)`` of the flow on ``n`` fresh samples."""
+        from .training import effective_sample_size
+
+        x, log_q = self.sample_flow(n, generator)
+        s = self.action(x)
+        return {"ess": float(effective_sample_size(-(s + log_q))), "loss": float((log_q + s).mean())}
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The Adam optimizer of the flow's parameters (kept across :meth:`train` calls and checkpoints)."""
+        flow = self._require_flow("an optimizer")
+        if self._optimizer is None:
+            lr = (self.training or TrainingSettings()).lr
+            self._optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+        return self._optimizer
+
+    def _training_generator(self) -> torch.Generator:
+        if self._train_generator is None:
+            self._train_generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + TRAINING_SEED_OFFSET)
+        return self._train_generator
+
+    def train(self, *, progress: bool | None = None) -> pd.DataFrame:
+        """Train the flow (reverse KL) up to ``training.n_steps`` steps; returns the whole history.
+
+        A loaded checkpoint continues where it stopped. ``progress``: a tqdm bar (default: only
+        when standard error is a terminal).
+        """
+        flow = self._require_flow("training")
+        settings = self.training or TrainingSettings()
+        try:
+            self.history = train_flow(
+                flow,
+                self.action,
+                self.lattice_shape,
+                settings,
+                optimizer=self.optimizer(),
+                generator=self._training_generator(),
+                dtype=self.dtype,
+                device=self.device,
+                history=self.history,
+                progress=progress,
+            )
+        except TrainingError as exc:
+            self.history = exc.history
+            raise
+        return self.history
+
+    def save(self, path) -> None:
+        """Write the spec, the flow's weights, optimizer and training-RNG state, and the training history.
+
+        The write is atomic: ``path`` is the previous checkpoint or the complete new one, never a part.
+        """
+        flow = self._require_flow("a checkpoint")
+        save_atomic(
+            {
+                "spec": self.to_spec(),
+                "flow": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
+                "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
+                "training_rng": self._train_generator.get_state() if self._train_generator is not None else None,
+                "history": None if self.history is None else self.history.to_dict("list"),
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path, **overrides: Any) -> "Simulation":
+        """A simulation from a checkpoint, with top-level spec keys replaced by ``overrides``.
+
+        ``Simulation.load("flow.pt", lattice={"shape": [16, 16]})`` puts a flow trained on 8x8 on a
+        16x16 lattice (the weights know no size); ``training={...}`` continues training from the
+        loaded weights, optimizer state and history. A ``flow`` override that differs from the
+        checkpoint's is an error naming what differs.
+        """
+        data = load_checkpoint(path)
+        saved = data["spec"]
+        for key in overrides:
+            if key not in SPEC_KEYS:
+                raise SpecError(f"Simulation.load: unknown spec key {key!r}; accepted: {', '.join(SPEC_KEYS)}")
+        sim = cls.from_spec({**saved, **overrides})
+        flow = sim._require_flow("loading a checkpoint")
+        new_flow = sim.to_spec()["flow"]
+        if new_flow != saved["flow"]:
+            keys = sorted(k for k in set(new_flow) | set(saved["flow"]) if new_flow.get(k) != saved["flow"].get(k))
+            diffs = "; ".join(f"{k}: checkpoint {saved['flow'].get(k)!r}, spec {new_flow.get(k)!r}" for k in keys)
+            raise CheckpointError(f"{path}: the checkpoint's flow does not match the spec's ({diffs})")
+        try:
+            flow.load_state_dict(data["flow"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: the flow's weights do not fit the spec's flow: {exc}") from None
+        flow.to(device=sim.device, dtype=sim.dtype)
+        if data.get("optimizer") is not None:
+            sim.optimizer().load_state_dict(data["optimizer"])
+        if data.get("training_rng") is not None and sim.device.type == "cpu":
+            sim._training_generator().set_state(data["training_rng"])
+        if data.get("history") is not None:
+            sim.history = pd.DataFrame(data["history"])
+        return sim
 
     # -- running ----------------------------------------------------------------------------
 

@@ -56,6 +56,34 @@ def tol(dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 2e-4
 
 
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    """Add entry points, as another installed distribution would, for the duration of a test.
+
+    Yields a dict ``{group: [EntryPoint, ...]}`` to fill; the registries are re-read around the test.
+    """
+    import lattice_flows
+    from lattice_flows import registry as registry_module
+
+    extra: dict[str, list] = {}
+    real_entry_points = registry_module._entry_points
+    monkeypatch.setattr(registry_module, "_entry_points", lambda group: real_entry_points(group) + extra.get(group, []))
+    for registry in lattice_flows.REGISTRIES.values():
+        registry.reload()
+    yield extra
+    for registry in lattice_flows.REGISTRIES.values():
+        registry.reload()
+
+
+@pytest.fixture
+def toy_plugins(fake_entry_points):
+    """The plugins of tests/toy_plugins.py (a Gaussian theory and an affine flow), registered."""
+    import toy_plugins as module
+
+    fake_entry_points.update(module.entry_points())
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

@@ -1,0 +1,164 @@
+"""Reverse-KL training of a flow toward ``exp(-S)``, and the quantities that judge it.
+
+With ``z ~ r`` (the theory's prior) and ``x = f(z)``, the model density is
+``log q(x) = log r(z) - log|det J_f(z)|`` and the loss ``mean(log q(x) + S(x))`` estimates
+``KL(q || p) - log Z`` (Kanwar et al. 2003.06413; Albergo et al. 2101.08176). The effective sample
+size of the batch, ``ESS = (sum w)^2 / (N sum w^2)`` with ``log w = -S - log q``, is 1 for a perfect flow.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Sequence
+
+import attrs
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .base import Action, Flow
+from .errors import LatticeFlowsError
+from .params import choice, integer, real
+
+__all__ = ["TrainingSettings", "TrainingError", "sample_flow", "effective_sample_size", "train_flow", "HISTORY_COLUMNS"]
+
+HISTORY_COLUMNS = ("step", "loss", "ess", "lr", "grad_norm", "seconds", "skipped")
+
+
+class TrainingError(LatticeFlowsError, RuntimeError):
+    """Training cannot go on (for example, too many non-finite steps in a row).
+
+    ``history`` holds the rows up to the failure, so nothing measured is lost.
+    """
+
+    def __init__(self, message: str, history: pd.DataFrame | None = None):
+        super().__init__(message)
+        self.history = history
+
+
+@attrs.frozen(kw_only=True)
+class TrainingSettings:
+    """The ``training`` section of a spec."""
+
+    n_steps: int = integer(help="total optimizer steps (a resumed run continues up to this count)", default=1000, ge=1)
+    batch_size: int = integer(help="configurations drawn per step", default=64, ge=1)
+    lr: float = real(help="Adam learning rate (peak value with a schedule)", default=1e-3, gt=0.0)
+    schedule: str = choice(("constant", "cosine"), help="learning-rate schedule over n_steps", default="constant")
+    grad_clip: float = real(help="clip the gradient norm to this value; 0 turns clipping off", default=0.0, ge=0.0)
+    max_seconds: float = real(
+        help="stop once the training time (all sessions together) reaches this many seconds; 0 means no limit",
+        default=0.0,
+        ge=0.0,
+    )
+    max_bad_steps: int = integer(
+        help="non-finite loss or gradient this many steps in a row stops training with an error", default=20, ge=1
+    )
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based)."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.n_steps) / self.n_steps))
+        return self.lr
+
+
+def sample_flow(
+    flow: Flow, action: Action, lattice_shape: Sequence[int], n: int, *, generator: torch.Generator, dtype, device
+) -> tuple[Tensor, Tensor]:
+    """``n`` fields ``x = f(z)``, ``z ~ r``, and ``log q(x)``: ``(n, *field_shape)`` and ``(n,)``."""
+    z = action.sample_prior(n, lattice_shape, generator=generator, dtype=dtype, device=device)
+    x, logdet = flow(z)
+    return x, action.prior_log_prob(z) - logdet
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """``(sum w)^2 / (N sum w^2)`` in ``(0, 1]`` from log-weights ``(N,)``, computed in log space."""
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.shape[0]
+
+
+def _progress_bar(total: int, initial: int, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True)
+
+
+def train_flow(
+    flow: Flow,
+    action: Action,
+    lattice_shape: Sequence[int],
+    settings: TrainingSettings,
+    *,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+    history: pd.DataFrame | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Train ``flow`` in place from ``len(history)`` up to ``settings.n_steps`` steps (or until the
+    cumulative training time reaches ``settings.max_seconds``); returns the full history.
+
+    One row per step (:data:`HISTORY_COLUMNS`): ``loss`` and ``ess`` of the step's batch, ``lr``,
+    ``grad_norm`` (before clipping), cumulative wall-clock ``seconds`` and whether the step was
+    ``skipped``. A step whose loss or gradient is not finite changes nothing and is recorded as
+    skipped; ``settings.max_bad_steps`` of them in a row raise :class:`TrainingError`. The step's
+    numbers reach the host once per step, for the history row.
+    """
+    rows = [] if history is None else history.to_dict("records")
+    start_step = len(rows)
+    elapsed = float(rows[-1]["seconds"]) if rows else 0.0
+    params = [p for p in flow.parameters() if p.requires_grad]
+    clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+    bad_in_a_row = 0
+    bar = _progress_bar(settings.n_steps, start_step, progress)
+    flow.train()
+    try:
+        for step in range(start_step, settings.n_steps):
+            if settings.max_seconds and elapsed >= settings.max_seconds:
+                break
+            t0 = time.perf_counter()
+            lr = settings.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            x, log_q = sample_flow(
+                flow, action, lattice_shape, settings.batch_size, generator=generator, dtype=dtype, device=device
+            )
+            s = action(x)
+            loss = (log_q + s).mean()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            with torch.no_grad():
+                ess = effective_sample_size(-(s + log_q))
+                loss_v, ess_v, grad_v = torch.stack([loss.detach(), ess, grad_norm.to(loss.dtype)]).tolist()
+            finite = math.isfinite(loss_v) and math.isfinite(grad_v)
+            if finite:
+                optimizer.step()
+                bad_in_a_row = 0
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                bad_in_a_row += 1
+            elapsed += time.perf_counter() - t0
+            rows.append(
+                {"step": step, "loss": loss_v, "ess": ess_v, "lr": lr, "grad_norm": grad_v, "seconds": elapsed, "skipped": not finite}
+            )
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_v:.4g}", ess=f"{ess_v:.3f}", refresh=False)
+            if bad_in_a_row >= settings.max_bad_steps:
+                raise TrainingError(
+                    f"{bad_in_a_row} training steps in a row had a non-finite loss or gradient "
+                    f"(last: loss {loss_v}, gradient norm {grad_v}) at step {step}; lower training.lr, "
+                    "set training.grad_clip, or check the action and flow",
+                    history=pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)),
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+        flow.eval()
+    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
