@@ -15,7 +15,7 @@ import attrs
 
 from .errors import ParameterError
 
-__all__ = ["real", "integer", "choice", "flag", "component", "injected"]
+__all__ = ["real", "integer", "choice", "flag", "widths", "odd_integer", "component", "injected"]
 
 
 def _is_number(value: Any) -> bool:
@@ -104,8 +104,40 @@ def component(kind: str, *, help: str, default: Any = attrs.NOTHING):
 
 
 def injected(what: str):
-    """A field filled by the simulation, not by the spec: ``"action"`` or ``"lattice_shape"``.
+    """A field filled by the simulation, not by the spec: ``"action"``, ``"lattice_shape"`` or ``"flow"``.
 
-    An observable that needs the action (``S / V``) or the lattice shape declares such a field.
+    An observable that needs the action (``S / V``) or the lattice shape declares such a field; a
+    sampler that moves through a flow's latent space declares ``injected("flow")``.
     """
     return attrs.field(metadata={"inject": what})
+
+
+def _tuple_if_list(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def widths(*, help: str, default: Any = attrs.NOTHING):
+    """A list of positive integers, such as the channel widths of hidden layers.
+
+    Stored as a tuple (so the component stays hashable and frozen); ``to_spec`` gives back a list.
+    """
+
+    def check(instance, attribute, value):
+        ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        if not ok:
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ParameterError(attribute.name, f"expected a list of positive integers, got {shown!r}")
+
+    return attrs.field(
+        default=default, converter=_tuple_if_list, validator=check, metadata={"help": help, "type": "list of integers"}
+    )
+
+
+def odd_integer(*, help: str, default: Any = attrs.NOTHING):
+    """A positive odd integer, such as a convolution's kernel size (odd keeps the output centred)."""
+
+    def check(instance, attribute, value):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 != 1:
+            raise ParameterError(attribute.name, f"expected an odd integer >= 1, got {value!r}")
+
+    return attrs.field(default=default, validator=check, metadata={"help": help, "type": "odd integer"})

@@ -59,7 +59,10 @@ def build_from_params(cls: type, params: Mapping[str, Any], *, what: str, path: 
             kwargs[f.name] = value
     for f in attrs.fields(cls):
         if "inject" in f.metadata:
-            kwargs[f.name] = context[f.metadata["inject"]]
+            needed = f.metadata["inject"]
+            if needed not in context:
+                raise SpecError(f"{path}: {what} needs a {needed!r} section in the spec, and there is none")
+            kwargs[f.name] = context[needed]
     try:
         return cls(**kwargs)
     except ParameterError as exc:

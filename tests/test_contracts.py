@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lattice_flows import ACTIONS, INTEGRATORS, OBSERVABLES, SAMPLERS, Action
+from lattice_flows import ACTIONS, FLOWS, INTEGRATORS, OBSERVABLES, SAMPLERS, Action
 from lattice_flows.spec import build_component
 
 
@@ -222,15 +222,30 @@ def test_observable_shape_invariance_and_batch_independence(obs_name, action_nam
 # -- samplers -----------------------------------------------------------------------------------
 
 
+def _sampler_context(action, shape):
+    """What a sampler may ask to be injected: the action, the lattice shape, and a flow of the theory."""
+    context = _context(action, shape)
+    for flow_name in FLOWS.names():
+        cls = FLOWS.get(flow_name)
+        if cls.theory == action.theory:
+            context["flow"] = build_component("flows", {"name": flow_name, **cls.example_params}, "test", context)
+            break
+    return context
+
+
+def _sampler(sampler_name, action, shape):
+    params = {"name": sampler_name, **SAMPLERS.get(sampler_name).example_params}
+    return build_component("samplers", params, "test", _sampler_context(action, shape))
+
+
 def _sampler_cases():
     cases = []
     for sampler_name in SAMPLERS.names():
         for action_name in ACTION_NAMES:
-            sampler = build_component(
-                "samplers", {"name": sampler_name, **SAMPLERS.get(sampler_name).example_params}, "test", {}
-            )
+            action = _action(action_name)
+            sampler = _sampler(sampler_name, action, (4,) * (action.dimensions or (2,))[0])
             try:
-                sampler.check_action(_action(action_name))
+                sampler.check_action(action)
             except ValueError:
                 continue
             cases.append((sampler_name, action_name))
@@ -241,7 +256,9 @@ def _sampler_cases():
 def test_sampler_step_contract(sampler_name, action_name, device, dtype):
     action = _action(action_name)
     shape = (4,) * (action.dimensions or (2,))[0]
-    sampler = build_component("samplers", {"name": sampler_name, **SAMPLERS.get(sampler_name).example_params}, "test", {})
+    sampler = _sampler(sampler_name, action, shape)
+    if hasattr(sampler, "flow"):
+        sampler.flow.to(dtype=dtype, device=device)
 
     def run(seed):
         g = torch.Generator(device=device).manual_seed(seed)

@@ -65,10 +65,33 @@ class AffineFlow(Flow):
         return (x - self.shift) * torch.exp(-self.log_scale), (-n * self.log_scale).expand(x.shape[0])
 
 
+class IdentityFlow(Flow):
+    """``f(z) = z`` for U(1) links: FTHMC through it must be plain HMC, trajectory for trajectory."""
+
+    theory: ClassVar[str] = "u1"
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        pass
+
+    def __init__(self, config, lattice_shape):
+        super().__init__(config, lattice_shape)
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # a Module with no parameters would not train
+
+    def forward(self, z):
+        return z, z.new_zeros(z.shape[0])
+
+    def inverse(self, x):
+        return x, x.new_zeros(x.shape[0])
+
+
 def entry_points() -> dict[str, list[entrypoints.EntryPoint]]:
     """Entry points, by group, as a distribution ``toy-plugins`` would declare them."""
     dist = entrypoints.Distribution("toy-plugins", "1.0")
     return {
         "lattice_flows.actions": [entrypoints.EntryPoint("gaussian", __name__, "GaussianAction", distro=dist)],
-        "lattice_flows.flows": [entrypoints.EntryPoint("affine", __name__, "AffineFlow", distro=dist)],
+        "lattice_flows.flows": [
+            entrypoints.EntryPoint("affine", __name__, "AffineFlow", distro=dist),
+            entrypoints.EntryPoint("identity_u1", __name__, "IdentityFlow", distro=dist),
+        ],
     }

@@ -9,7 +9,7 @@ from torch import Tensor
 from lattice_flows import Action, ChainState, Integrator, Sampler
 from lattice_flows.params import component
 
-__all__ = ["HMC", "kinetic_energy", "metropolis"]
+__all__ = ["HMC", "kinetic_energy", "metropolis", "select"]
 
 
 def kinetic_energy(v: Tensor) -> Tensor:
@@ -23,7 +23,8 @@ def metropolis(delta_H: Tensor, generator: torch.Generator) -> Tensor:
     return u < torch.exp(-delta_H)
 
 
-def _select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` where ``mask`` (``(B,)`` bool) is true, else ``old``, for tensors ``(B, ...)``."""
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
@@ -50,4 +51,4 @@ class HMC(Sampler):
         v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x1, _, delta_H = self.trajectory(x, v, action)
         accepted = metropolis(delta_H, generator)
-        return ChainState(x=action.normalize(_select(accepted, x1, x))), {"accepted": accepted, "delta_H": delta_H}
+        return ChainState(x=action.normalize(select(accepted, x1, x))), {"accepted": accepted, "delta_H": delta_H}

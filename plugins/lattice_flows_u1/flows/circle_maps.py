@@ -1,0 +1,344 @@
+"""Invertible maps of the circle, applied elementwise to angles with per-site parameters.
+
+A circle map ``h(x) = g(x) + t (mod 2 pi)`` is a strictly increasing bijection ``g`` of ``[-pi, pi]``
+that fixes both ends (with equal derivatives there, so it is smooth on the circle) followed by a
+rotation ``t``. Its parameters come from a conditioner: a tensor ``params`` of shape ``(n_params, *S)``
+for angles of shape ``(*S)`` (parameter axis first, so that each parameter is a contiguous slice of
+a network output laid out channels-first), raw (unconstrained) network outputs.
+
+- :class:`NCP`: "non-compact projection" mixtures, ``g(x) = mean_k 2 atan(e^{s_k} tan(x/2))``
+  (Kanwar et al. arXiv:2003.06413, Albergo et al. arXiv:2101.08176); the inverse has no closed
+  form and is found by a safeguarded Newton iteration;
+- :class:`CircularSpline`: a circular rational-quadratic spline (Durkan et al. arXiv:1906.04032,
+  Rezende et al. arXiv:2002.02428), inverted in closed form.
+
+``forward(x, params) -> (h(x), log h'(x))`` and ``inverse(y, params) -> (h^{-1}(y), log (h^{-1})'(y))``;
+both return angles in ``[-pi, pi)`` and accept any real input (it is read modulo ``2 pi``).
+``displacement(x, params) -> (d, log h'(x))`` gives ``d = h(x) - x`` modulo ``2 pi``, unreduced, which is
+all a coupling layer needs (it saves the reductions). All-zero parameters give the identity.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import attrs
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..geometry import wrap
+
+__all__ = ["CircleMap", "NCP", "CircularSpline"]
+
+
+class CircleMap(abc.ABC):
+    """A family of increasing diffeomorphisms of the circle, indexed by ``n_params`` raw numbers per site."""
+
+    @property
+    @abc.abstractmethod
+    def n_params(self) -> int:
+        """Number of raw parameters per site (the size of the first axis of ``params``)."""
+
+    @abc.abstractmethod
+    def displacement(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(h(x) - x, log h'(x))`` for angles ``x`` of shape ``(*S)`` and ``params`` ``(n_params, *S)``.
+
+        The displacement is right modulo ``2 pi`` only: it is not reduced into an interval.
+        """
+
+    @abc.abstractmethod
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(h^{-1}(y), log (h^{-1})'(y))`` with ``h^{-1}(y)`` in ``[-pi, pi)``; shapes as in :meth:`forward`."""
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(h(x), log h'(x))`` with ``h(x)`` in ``[-pi, pi)``, for ``x`` ``(*S)`` and ``params`` ``(n_params, *S)``."""
+        d, logd = self.displacement(x, params)
+        return wrap(x + d), logd
+
+    def __call__(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward(x, params)
+
+    # For fused layers (one autograd node per coupling layer): the displacement computed without
+    # recording into the caller's graph, with a state, and the vector-Jacobian product from that state.
+    # By default the state is a private autograd graph of :meth:`displacement`; maps with closed-form
+    # derivatives override both.
+
+    def displacement_with_state(self, x: Tensor, params: Tensor, need_state: bool = True) -> tuple[Tensor, Tensor, tuple]:
+        """``(d, log h'(x), state)``, detached; ``state`` (empty unless ``need_state``) feeds :meth:`displacement_vjp`."""
+        if not need_state:
+            with torch.no_grad():
+                d, logd = self.displacement(x, params)
+            return d, logd, ()
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            params = params.detach().requires_grad_(True)
+            d, logd = self.displacement(x, params)
+        return d.detach(), logd.detach(), (x, params, d, logd)
+
+    def displacement_vjp(
+        self, x: Tensor, params: Tensor, state: tuple, grad_d: Tensor, grad_logd: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Gradients of ``sum(grad_d * d + grad_logd * log h')`` with respect to ``x`` and ``params``.
+
+        ``grad_logd`` may be anything that broadcasts to the shape of ``x`` (a per-configuration ``(B,)``).
+        """
+        x_leaf, params_leaf, d, logd = state
+        grads = (grad_d, grad_logd.expand_as(logd))
+        # retain_graph: a backward may run more than once (retain_graph outside, Jacobians)
+        return torch.autograd.grad((d, logd), (x_leaf, params_leaf), grads, retain_graph=True)
+
+
+@attrs.frozen(kw_only=True)
+class NCP(CircleMap):
+    """``h(x) = mean_k 2 atan(e^{s_k} tan(x/2)) + t``, ``k = 1..n_mixture``; params ``(s_1..s_K, t)``.
+
+    Each term is evaluated as ``2 atan2(e^{s/2} sin(x/2), e^{-s/2} cos(x/2))``: no jump where
+    ``tan(x/2)`` diverges (``x = ±pi``, even when rounding puts ``x`` just outside), and ``x + 2 pi``
+    flips the sign of both arguments, which moves every term by the same ``±2 pi``, so any
+    representative of the angle may be passed. The derivative of a term,
+    ``e^s / (cos^2(x/2) + e^{2s} sin^2(x/2))``, is ``1 / (u^2 + v^2)`` with ``u, v`` the two arguments of
+    ``atan2``; its log is ``-2 log hypot(u, v)`` (no overflow of ``e^{2s}``), and the mixture's is a
+    ``logsumexp`` of those.
+
+    The inverse solves ``g(x) = y - t`` by Newton's method kept inside a shrinking bracket (bisection
+    when a Newton step leaves it), with the parameters detached; an element has converged when the
+    residual ``|g(x) - y|`` or the Newton correction is below ``tol`` (default ``32 eps`` of the dtype:
+    round-off in float32, about ``7e-15`` in float64). If some element has not converged after
+    ``max_iter`` iterations a ``RuntimeError`` reports the largest residual. A final Newton step
+    whose value is exactly zero carries the implicit-function gradients (``dx/dy = 1/g'(x)``).
+    """
+
+    n_mixture: int = attrs.field(validator=attrs.validators.ge(1))
+    max_iter: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    tol: float | None = None
+    #: Iterations between two convergence checks (each check synchronises with the device).
+    check_every: int = 4
+
+    @property
+    def n_params(self) -> int:
+        return self.n_mixture + 1
+
+    @staticmethod
+    def _terms(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        # u = e^{s/2} sin(x/2), v = e^{-s/2} cos(x/2), shape (K, *S)
+        half = 0.5 * x
+        e = torch.exp(0.5 * s)
+        return e * torch.sin(half), torch.cos(half) / e
+
+    def _mixture(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """``g(x)`` (in ``[-pi, pi]`` for ``x`` there; ``g(x + 2 pi) = g(x) ± 2 pi``) and ``log g'(x)``."""
+        u, v = self._terms(x, s)
+        g = torch.atan2(u, v).mean(0) * 2.0
+        return g, _log_mean_exp(torch.log(torch.hypot(u, v)) * -2.0)
+
+    def displacement(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return _NCPDisplacement.apply(x, params, self)
+
+    def displacement_with_state(self, x: Tensor, params: Tensor, need_state: bool = True) -> tuple[Tensor, Tensor, tuple]:
+        s, t = params[:-1], params[-1]
+        half = 0.5 * x
+        e = torch.exp(0.5 * s)
+        u = e * torch.sin(half)
+        v = torch.cos(half) / e
+        g = torch.atan2(u, v).sum(0)
+        log_dk = torch.log(torch.hypot(u, v)).mul_(-2.0)  # log theta_k'(x) = -log D_k
+        logd = _log_mean_exp(log_dk)
+        return torch.add(t, g, alpha=2.0 / s.shape[0]).sub_(x), logd, (v, log_dk, logd)
+
+    def displacement_vjp(
+        self, x: Tensor, params: Tensor, state: tuple, grad_d: Tensor, grad_logd: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        # With D_k = u_k^2 + v_k^2 (theta_k' = 1/D_k), g' = mean_k 1/D_k, w_k = 1/(K g' D_k):
+        # dg/dx = g', dg/ds_k = sin(x) g' w_k, d log g'/dx = -sin(x) sum_k w_k sinh(s_k)/D_k,
+        # d log g'/ds_k = -w_k (u_k^2 - v_k^2)/D_k = -w_k (1 - 2 v_k^2/D_k), and d/dt = 1 for the shift.
+        v, log_dk, logd = state
+        inv_D = torch.exp(log_dk)
+        w = torch.exp(log_dk - (logd + math.log(v.shape[0])))
+        slope = torch.exp(logd)
+        sin_x = torch.sin(x)
+        contrast = (v * v).mul_(inv_D).mul_(-2.0).add_(1.0)
+        grad_s = (grad_d * sin_x * slope - grad_logd * contrast).mul_(w)
+        curvature = torch.sinh(params[:-1]).mul_(inv_D).mul_(w).sum(0)
+        grad_x = torch.addcmul((slope - 1).mul_(grad_d), curvature * sin_x, grad_logd, value=-1.0)
+        return grad_x, torch.cat([grad_s, grad_d.unsqueeze(0)])
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        g, logd = self._mixture(x, params[:-1])
+        return wrap(g + params[-1]), logd
+
+    def _displacement_reference(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        g, logd = self._mixture(x, params[:-1])
+        return g + params[-1] - x, logd
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = params[:-1], params[-1]
+        target = wrap(y - t)
+        with torch.no_grad():
+            x = self._solve(target.detach(), s.detach())
+        g, logd = self._mixture(x, s)
+        residual = g - target
+        # Zero in value; its gradient is that of the exact root (implicit function theorem).
+        x = x + (residual.detach() - residual) * torch.exp(-logd.detach())
+        return x, -logd
+
+    def _solve(self, target: Tensor, s: Tensor) -> Tensor:
+        """The root of ``g(x) = target`` in ``[-pi, pi]``, elementwise (no autograd)."""
+        tol = self.tol if self.tol is not None else 32 * torch.finfo(target.dtype).eps
+        lo = torch.full_like(target, -math.pi)
+        hi = torch.full_like(target, math.pi)
+        x = target.clone()
+        for it in range(self.max_iter + 1):
+            u, v = self._terms(x, s)
+            f = torch.atan2(u, v).mean(0).mul_(2.0).sub_(target)
+            step = f / (u * u + v * v).reciprocal_().mean(0)
+            done = (f.abs() <= tol) | (step.abs() <= tol)
+            if it == self.max_iter or (it % self.check_every == self.check_every - 1 and bool(done.all())):
+                break
+            # g is increasing: the root lies below x where f > 0, above it elsewhere.
+            above = f > 0
+            hi = torch.where(above, x, hi)
+            lo = torch.where(above, lo, x)
+            newton = x - step
+            inside = (newton > lo) & (newton < hi)  # False for NaN steps too
+            x = torch.where(done, x, torch.where(inside, newton, 0.5 * (lo + hi)))
+        if not bool(done.all()):
+            bad = ~done
+            raise RuntimeError(
+                f"NCP inverse did not converge in {self.max_iter} iterations: max residual "
+                f"{float(f.abs()[bad].max()):.3g} and max Newton step {float(step.abs()[bad].max()):.3g} "
+                f"(tolerance {tol:.3g}) at {int(bad.sum())} of {bad.numel()} sites"
+            )
+        return x
+
+
+def _log_mean_exp(a: Tensor) -> Tensor:
+    """``log mean_k exp(a_k)`` over the first axis, stably (one kernel for two terms)."""
+    K = a.shape[0]
+    if K == 1:
+        return a[0]
+    if K == 2:
+        return torch.logaddexp(a[0], a[1]) - math.log(2)
+    return torch.logsumexp(a, 0) - math.log(K)
+
+
+class _NCPDisplacement(torch.autograd.Function):
+    """:meth:`NCP.displacement` as one autograd node with the derivatives written out
+    (:meth:`NCP.displacement_vjp`). Under ``create_graph`` the backward differentiates the plain
+    implementation instead, so higher derivatives are exact too."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, params: Tensor, ncp: "NCP"):
+        d, logd, state = ncp.displacement_with_state(x, params)
+        ctx.save_for_backward(x, params, *state)
+        ctx.ncp = ncp
+        return d, logd
+
+    @staticmethod
+    def backward(ctx, grad_d: Tensor, grad_logd: Tensor):
+        x, params, *state = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate a differentiable recomputation
+            need = ctx.needs_input_grad[:2]
+            wanted = [a for a, n in zip((x, params), need) if n]
+            with torch.enable_grad():
+                outs = ctx.ncp._displacement_reference(x, params)
+            found = iter(torch.autograd.grad(outs, wanted, (grad_d, grad_logd), create_graph=True, allow_unused=True))
+            return (next(found) if need[0] else None), (next(found) if need[1] else None), None
+        grad_x, grad_params = ctx.ncp.displacement_vjp(x, params, tuple(state), grad_d, grad_logd)
+        return grad_x, grad_params, None
+
+
+@attrs.frozen(kw_only=True)
+class CircularSpline(CircleMap):
+    """A circular rational-quadratic spline with ``n_bins`` bins on ``[-pi, pi]``, then a shift ``t``.
+
+    Params ``(w_1..w_K, h_1..h_K, d_1..d_K, t)``: bin widths and heights are ``softmax`` of the raw
+    values (each at least ``min_bin`` of ``2 pi``); the knot derivatives are ``min_derivative +
+    softplus``, shifted so that a raw 0 gives 1, and the derivative at ``-pi`` is the one at ``pi``
+    (``K`` derivatives for ``K + 1`` knots), so ``h`` is a ``C^1`` diffeomorphism of the circle. Zero
+    parameters give the identity. The inverse solves the quadratic of the bin in closed form.
+    """
+
+    n_bins: int = attrs.field(validator=attrs.validators.ge(2))
+    min_bin: float = 1e-3
+    min_derivative: float = 1e-3
+
+    @property
+    def n_params(self) -> int:
+        return 3 * self.n_bins + 1
+
+    def _knots(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Knot positions ``(*S, K+1)`` from ``-pi`` to ``pi``, and bin sizes ``(*S, K)``."""
+        K = self.n_bins
+        sizes = self.min_bin + (1 - self.min_bin * K) * torch.softmax(raw, dim=-1)
+        inner = torch.cumsum(sizes[..., :-1], dim=-1) * (2 * math.pi) - math.pi
+        edge = inner.new_full((*inner.shape[:-1], 1), math.pi)
+        knots = torch.cat([-edge, inner, edge], dim=-1)
+        return knots, knots[..., 1:] - knots[..., :-1]
+
+    def _spline(self, params: Tensor):
+        K = self.n_bins
+        p = params.movedim(0, -1)  # (*S, n_params): searchsorted wants the knots last
+        xk, w = self._knots(p[..., :K])
+        yk, h = self._knots(p[..., K : 2 * K])
+        shift = math.log(math.expm1(1 - self.min_derivative))
+        d = F.softplus(p[..., 2 * K : 3 * K] + shift) + self.min_derivative
+        d = torch.cat([d, d[..., :1]], dim=-1)  # periodic: d(-pi) = d(pi)
+        return xk, w, yk, h, d, params[-1]
+
+    @staticmethod
+    def _bin(knots: Tensor, value: Tensor) -> Tensor:
+        idx = torch.searchsorted(knots.contiguous(), value.unsqueeze(-1).contiguous(), right=True) - 1
+        return idx.clamp_(0, knots.shape[-1] - 2)
+
+    @staticmethod
+    def _gather(idx: Tensor, *tables: Tensor) -> list[Tensor]:
+        return [t.gather(-1, idx).squeeze(-1) for t in tables]
+
+    @staticmethod
+    def _log_derivative(xi, s, d0, d1, denom) -> Tensor:
+        one_minus = 1 - xi
+        num = d1 * xi * xi + 2 * s * xi * one_minus + d0 * one_minus * one_minus
+        return 2 * torch.log(s) + torch.log(num) - 2 * torch.log(denom)
+
+    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        # (g(x) + t, log g'(x)) for x in [-pi, pi)
+        xk, w, yk, h, d, t = self._spline(params)
+        idx = self._bin(xk, x)
+        x0, w0, y0, h0, d0 = self._gather(idx, xk, w, yk, h, d)
+        (d1,) = self._gather(idx + 1, d)
+        s = h0 / w0
+        xi = (x - x0) / w0
+        xi1 = xi * (1 - xi)
+        denom = s + (d0 + d1 - 2 * s) * xi1
+        y = y0 + h0 * (s * xi * xi + d0 * xi1) / denom
+        return y + t, self._log_derivative(xi, s, d0, d1, denom)
+
+    def displacement(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x = wrap(x)
+        y, logd = self._map(x, params)
+        return y - x, logd
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        y, logd = self._map(wrap(x), params)
+        return wrap(y), logd
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        xk, w, yk, h, d, t = self._spline(params)
+        y = wrap(y - t)
+        idx = self._bin(yk, y)
+        x0, w0, y0, h0, d0 = self._gather(idx, xk, w, yk, h, d)
+        (d1,) = self._gather(idx + 1, d)
+        s = h0 / w0
+        dy = y - y0
+        c2 = d0 + d1 - 2 * s
+        a = h0 * (s - d0) + dy * c2
+        b = h0 * d0 - dy * c2
+        c = -s * dy
+        disc = (b * b - 4 * a * c).clamp(min=0)
+        # The root in [0, 1], written without cancellation (b > 0 where c = 0, and c <= 0).
+        xi = 2 * c / (-b - torch.sqrt(disc))
+        x = x0 + xi * w0
+        denom = s + c2 * xi * (1 - xi)
+        return x, -self._log_derivative(xi, s, d0, d1, denom)
