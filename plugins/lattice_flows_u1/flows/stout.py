@@ -47,16 +47,15 @@ Morningstar and Peardon, hep-lat/0311018 (stout smearing).
 from __future__ import annotations
 
 import numbers
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import attrs
 import torch
 from torch import Tensor, nn
 
 from lattice_flows import Flow
-from lattice_flows.errors import ParameterError
 from lattice_flows.nn import ACTIVATIONS, conv_net
-from lattice_flows.params import choice, flag, integer, real
+from lattice_flows.params import choice, flag, integer, odd_integer, real, widths
 
 from ..geometry import plaquette_angles, shift, wrap
 
@@ -64,22 +63,6 @@ __all__ = ["StoutFlow", "StoutLayer", "active_mask", "frozen_plaquette_mask", "l
 
 #: Layers after which every link has been updated once (2 directions x 4 offsets).
 PERIOD = 8
-
-
-def _list_of_positive_ints(instance, attribute, value):
-    ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    if not ok:
-        shown = list(value) if isinstance(value, tuple) else value
-        raise ParameterError(attribute.name, f"expected a list of positive integers, got {shown!r}")
-
-
-def _tuple_if_list(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _odd_positive(instance, attribute, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 != 1:
-        raise ParameterError(attribute.name, f"expected an odd integer >= 1, got {value!r}")
 
 
 def active_mask(lattice_shape: Sequence[int], mu: int, offset: int, *, rectangles: bool, device=None) -> Tensor:
@@ -246,17 +229,8 @@ class StoutFlow(Flow):
         """Spec parameters of ``u1_stout``."""
 
         n_layers: int = integer(help="number of stout layers (8 update every link once)", default=8, ge=1)
-        hidden: tuple[int, ...] = attrs.field(
-            default=(8,),
-            converter=_tuple_if_list,
-            validator=_list_of_positive_ints,
-            metadata={"help": "channels of the hidden convolutions of each layer's net", "type": "list"},
-        )
-        kernel_size: int = attrs.field(
-            default=3,
-            validator=_odd_positive,
-            metadata={"help": "odd side of the convolution kernels", "type": "integer"},
-        )
+        hidden: tuple[int, ...] = widths(help="channels of the hidden convolutions of each layer's net", default=(8,))
+        kernel_size: int = odd_integer(help="odd side of the convolution kernels", default=3)
         activation: str = choice(tuple(ACTIVATIONS), help="activation of the hidden convolutions", default="tanh")
         rectangles: bool = flag(help="also smear along the 1x2 and 2x1 rectangles containing each link", default=False)
         max_coefficient: float = real(
