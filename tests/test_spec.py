@@ -101,7 +101,7 @@ def test_float32_and_cold_start():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"bogus": 1}, r"spec: unknown key 'bogus'; accepted: lattice, action, sampler, observables, n_chains"),
+        ({"bogus": 1}, r"spec: unknown key 'bogus'; accepted: lattice, action, flow, training, sampler, observables, n_chains"),
         ({"action": {"name": "u1_wilson", "bta": 3.0}}, r"spec\['action'\]: unknown parameter 'bta' for u1_wilson; accepted: beta"),
         ({"action": {"name": "u1_wilson"}}, r"spec\['action'\]: missing parameter 'beta' for u1_wilson"),
         ({"action": {"name": "u1_wilsn", "beta": 1.0}}, r"spec\['action'\]: unknown action 'u1_wilsn'; available actions: u1_wilson"),

@@ -24,7 +24,13 @@ from lattice_flows_u1.flows.circle_maps import NCP, CircularSpline
 from lattice_flows_u1.flows.coupling import PlaquetteCouplingFlow, conditioner
 from lattice_flows_u1.geometry import plaquette_angles, wrap
 
-CIRCLE_MAPS = [NCP(n_mixture=1), NCP(n_mixture=2), NCP(n_mixture=5), CircularSpline(n_bins=2), CircularSpline(n_bins=7)]
+CIRCLE_MAPS = [
+    NCP(n_mixture=1),
+    NCP(n_mixture=2),
+    NCP(n_mixture=5),
+    CircularSpline(n_bins=2),
+    CircularSpline(n_bins=7),
+]
 MAP_IDS = ["ncp1", "ncp2", "ncp5", "spline2", "spline7"]
 
 
@@ -154,7 +160,8 @@ def test_fused_vector_jacobian_product_matches_autograd(cmap):
 def test_spline_is_smooth_across_plus_minus_pi():
     cmap = CircularSpline(n_bins=6)
     params = torch.randn(cmap.n_params, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    x = torch.tensor([-math.pi, math.pi - 1e-6, math.pi - 1e-9, -math.pi + 1e-6, -math.pi + 1e-9], dtype=torch.float64)
+    pi = math.pi
+    x = torch.tensor([-pi, pi - 1e-6, pi - 1e-9, -pi + 1e-6, -pi + 1e-9], dtype=torch.float64)
     y, logd = cmap.forward(x, params.expand(-1, 5))
     assert float(wrap(y[2] - y[0]).abs()) < 1e-8  # h(pi^-) = h(-pi) on the circle
     # One derivative at both ends: log h' on either side tends to log h'(-pi) linearly in the distance
@@ -399,7 +406,7 @@ def test_wrong_input_shape_is_an_error():
         ("hidden", [8, 0], r"list of positive integers, got \[8, 0\]"),
         ("hidden", "8", r"list of positive integers, got '8'"),
         ("hidden", [2.0], r"list of positive integers, got \[2.0\]"),
-        ("kernel_size", 4, "odd integer, got 4"),
+        ("kernel_size", 4, "odd integer >= 1, got 4"),
         ("kernel", "rqs", "expected one of 'ncp', 'spline', got 'rqs'"),
         ("n_mixture", 0, ">= 1, got 0"),
         ("n_bins", 1, ">= 2, got 1"),
@@ -427,7 +434,10 @@ def test_spec_round_trip_and_defaults():
         "n_bins": 8,
     }
     flow = PlaquetteCouplingFlow.from_spec(
-        {"hidden": [3], "kernel": "spline"}, name="u1_plaquette_coupling", path="spec['flow']", context={"lattice_shape": (8, 4)}
+        {"hidden": [3], "kernel": "spline"},
+        name="u1_plaquette_coupling",
+        path="spec['flow']",
+        context={"lattice_shape": (8, 4)},
     )
     assert flow.to_spec()["hidden"] == [3] and isinstance(flow.circle_map, CircularSpline)
     small = PlaquetteCouplingFlow(PlaquetteCouplingFlow.Config(**PlaquetteCouplingFlow.example_params), (4, 4))

@@ -53,7 +53,7 @@ class CircleMap(abc.ABC):
         """``(h^{-1}(y), log (h^{-1})'(y))`` with ``h^{-1}(y)`` in ``[-pi, pi)``; shapes as in :meth:`forward`."""
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """``(h(x), log h'(x))`` with ``h(x)`` in ``[-pi, pi)``, for ``x`` ``(*S)`` and ``params`` ``(n_params, *S)``."""
+        """``(h(x), log h'(x))``, ``h(x)`` in ``[-pi, pi)``, for ``x`` ``(*S)`` and ``params`` ``(n_params, *S)``."""
         d, logd = self.displacement(x, params)
         return wrap(x + d), logd
 
@@ -65,8 +65,11 @@ class CircleMap(abc.ABC):
     # By default the state is a private autograd graph of :meth:`displacement`; maps with closed-form
     # derivatives override both.
 
-    def displacement_with_state(self, x: Tensor, params: Tensor, need_state: bool = True) -> tuple[Tensor, Tensor, tuple]:
-        """``(d, log h'(x), state)``, detached; ``state`` (empty unless ``need_state``) feeds :meth:`displacement_vjp`."""
+    def displacement_with_state(
+        self, x: Tensor, params: Tensor, need_state: bool = True
+    ) -> tuple[Tensor, Tensor, tuple]:
+        """``(d, log h'(x), state)``, detached; ``state`` (empty unless ``need_state``) feeds
+        :meth:`displacement_vjp`."""
         if not need_state:
             with torch.no_grad():
                 d, logd = self.displacement(x, params)
@@ -136,7 +139,9 @@ class NCP(CircleMap):
     def displacement(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return _NCPDisplacement.apply(x, params, self)
 
-    def displacement_with_state(self, x: Tensor, params: Tensor, need_state: bool = True) -> tuple[Tensor, Tensor, tuple]:
+    def displacement_with_state(
+        self, x: Tensor, params: Tensor, need_state: bool = True
+    ) -> tuple[Tensor, Tensor, tuple]:
         s, t = params[:-1], params[-1]
         half = 0.5 * x
         e = torch.exp(0.5 * s)

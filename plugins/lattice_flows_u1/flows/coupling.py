@@ -40,7 +40,7 @@ of operations, not by arithmetic):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import attrs
 import torch
@@ -48,38 +48,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lattice_flows import Flow
-from lattice_flows.errors import ParameterError
 from lattice_flows.nn import ACTIVATIONS, conv_net
-from lattice_flows.params import choice, integer
+from lattice_flows.params import choice, integer, odd_integer, widths
 
 from ..geometry import plaquette_angles, wrap
 from . import masks
 from .circle_maps import NCP, CircleMap, CircularSpline
 
-__all__ = ["PlaquetteCouplingFlow", "widths", "conditioner", "circular_indices"]
+__all__ = ["PlaquetteCouplingFlow", "conditioner", "circular_indices"]
 
 NAME = "u1_plaquette_coupling"
-
-
-def _tuple_if_sequence(value: Any) -> Any:
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-def _check_widths(instance, attribute, value):
-    ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
-    if not ok:
-        shown = list(value) if isinstance(value, tuple) else value
-        raise ParameterError(attribute.name, f"expected a list of positive integers, got {shown!r}")
-
-
-def widths(*, help: str, default: Any = attrs.NOTHING):
-    """A list of positive integers (layer widths); stored as a tuple, given back as a list by ``to_spec``."""
-    return attrs.field(
-        default=default,
-        converter=_tuple_if_sequence,
-        validator=_check_widths,
-        metadata={"help": help, "type": "list of integers"},
-    )
 
 
 # -- circular convolutions in the (L_0, C, L_1, B) layout ----------------------------------------
@@ -129,6 +107,8 @@ class _Plan:
         key = (C, L1, B, x.dtype)
         bufs = self.scratch.get(key)
         if bufs is None:
+            if len(self.scratch) >= 16:  # batch sizes come and go: keep a bounded set
+                self.scratch.clear()
             bufs = self.scratch[key] = (
                 x.new_empty((self.rows.numel(), C, L1, B)),
                 x.new_empty((self.rows.numel(), C, self.cols.numel(), B)),
@@ -365,19 +345,18 @@ class _CouplingLayer(torch.autograd.Function):
     """One coupling layer as a single autograd node (per-node overhead dominates on small lattices).
 
     Inputs: plaquettes ``(L_0, L_1, B)`` (contiguous), the frozen mask ``(L_0, 1, L_1, 1)``, the layer
-    ``(plan, net, circle_map, mu, offset)``, then the net's weights and biases. Outputs: the plaquettes
-    after the layer, the displacement ``d`` on the active stripe ``(*S)``, and ``sum log h'`` per
-    configuration ``(B,)``. The backward chains the circle map's
-    :meth:`~.circle_maps.CircleMap.displacement_vjp` and the conditioner's backward; under
-    ``create_graph`` it differentiates :func:`_layer_reference` instead.
+    ``(plan, net, circle_map, mu, offset, need_state)`` (``need_state``: whether a backward may follow),
+    then the net's weights and biases. Outputs: the plaquettes after the layer, the displacement ``d``
+    on the active stripe ``(*S)``, and ``sum log h'`` per configuration ``(B,)``. The backward chains
+    the circle map's :meth:`~.circle_maps.CircleMap.displacement_vjp` and the conditioner's backward;
+    under ``create_graph`` it differentiates :func:`_layer_reference` instead.
     """
 
     @staticmethod
     def forward(ctx, plaq, mask, layer, *params):
-        plan, net, circle_map, mu, offset = layer
+        plan, net, circle_map, mu, offset, need_state = layer
         out, saved = _conditioner_forward(plan, plaq, mask, net, params)
         x = _stripe(plaq, mu, offset)
-        need_state = any(ctx.needs_input_grad)
         delta, logd, state = circle_map.displacement_with_state(x, _param_stripe(out, mu, offset), need_state)
         ctx.layer, ctx.n, ctx.state = layer, len(params), state  # the state may hold a private graph
         ctx.save_for_backward(plaq, mask, out, *params, *saved)
@@ -385,7 +364,7 @@ class _CouplingLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_new, g_delta, g_logdet):
-        plan, net, circle_map, mu, offset = ctx.layer
+        plan, net, circle_map, mu, offset, _ = ctx.layer
         plaq, mask, out, *rest = ctx.saved_tensors
         params, saved, state = rest[: ctx.n], rest[ctx.n :], ctx.state
         need_plaq, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
@@ -393,8 +372,8 @@ class _CouplingLayer(torch.autograd.Function):
             wanted = [t for t, need in zip((plaq, *params), (need_plaq, *need_params)) if need]
             with torch.enable_grad():
                 outs = _layer_reference(plaq, mask, net, circle_map, mu, offset, params)
-            grads = torch.autograd.grad(outs, wanted, (g_new, g_delta, g_logdet), create_graph=True, allow_unused=True)
-            found = iter(grads)
+            grad_outs = (g_new, g_delta, g_logdet)
+            found = iter(torch.autograd.grad(outs, wanted, grad_outs, create_graph=True, allow_unused=True))
             grads = [next(found) if need else None for need in (need_plaq, *need_params)]
             return grads[0], None, None, *grads[1:]
         g_new = g_new.contiguous()
@@ -440,7 +419,7 @@ class PlaquetteCouplingFlow(Flow):
 
         n_layers: int = integer(help="number of coupling layers (8 make every link active once)", default=16, ge=1)
         hidden: tuple[int, ...] = widths(help="channels of the hidden convolutions of each conditioner", default=(8, 8))
-        kernel_size: int = integer(help="size of the convolution kernels (odd)", default=3, ge=1)
+        kernel_size: int = odd_integer(help="size of the convolution kernels (odd)", default=3)
         activation: str = choice(tuple(ACTIVATIONS), help="activation between convolutions", default="tanh")
         kernel: str = choice(
             ("ncp", "spline"),
@@ -449,11 +428,6 @@ class PlaquetteCouplingFlow(Flow):
         )
         n_mixture: int = integer(help="number of terms of the NCP mixture (kernel 'ncp')", default=6, ge=1)
         n_bins: int = integer(help="number of spline bins (kernel 'spline')", default=8, ge=2)
-
-        @kernel_size.validator
-        def _odd(self, attribute, value):
-            if value % 2 != 1:
-                raise ParameterError(attribute.name, f"expected an odd integer, got {value!r}")
 
     def __init__(self, config: Config, lattice_shape: Sequence[int]):
         self.check_lattice(lattice_shape)
@@ -501,7 +475,9 @@ class PlaquetteCouplingFlow(Flow):
         net = self.nets[i]
         params = _net_params(net)
         if _conditioner_supported(net):
-            return _CouplingLayer.apply(plaq, mask, (plan, net, self.circle_map, mu, offset), *params)
+            need_state = torch.is_grad_enabled() and (plaq.requires_grad or any(p.requires_grad for p in params))
+            layer = (plan, net, self.circle_map, mu, offset, need_state)
+            return _CouplingLayer.apply(plaq, mask, layer, *params)
         return _layer_reference(plaq, mask, net, self.circle_map, mu, offset, params)
 
     def _params(self, i: int, plaq: Tensor, plan: _Plan) -> Tensor:
