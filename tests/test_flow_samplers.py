@@ -105,17 +105,6 @@ def _untrained_flow_summary(sampler, n_trajectories, weight_scale, beta):
     [({"name": "fthmc", "integrator": LEAPFROG}, 0.2, 1.5), ({"name": "flow_imh"}, 0.2, 0.3)],
 )
 def test_flow_samplers_are_exact_with_an_untrained_flow(sampler, weight_scale, beta):
-    summary = _untrained_flow_summary(sampler, 60, weight_scale, beta)
-    _check(summary, "plaquette", 0.02)
-    _check(summary, "exp(-delta_H)", 0.1)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "sampler, weight_scale, beta",
-    [({"name": "fthmc", "integrator": LEAPFROG}, 0.2, 1.5), ({"name": "flow_imh"}, 0.2, 0.3)],
-)
-def test_flow_samplers_are_exact_with_an_untrained_flow_long(sampler, weight_scale, beta):
     summary = _untrained_flow_summary(sampler, 400, weight_scale, beta)
     _check(summary, "plaquette", 0.006)
     _check(summary, "topological_charge^2", 0.15 * summary.loc["topological_charge^2", "exact"])
