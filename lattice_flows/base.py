@@ -20,7 +20,15 @@ from torch import Tensor, nn
 
 from .params import integer, real
 
-__all__ = ["Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
+__all__ = ["autograd_force", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
+
+
+def autograd_force(action: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``d action(x).sum() / dx`` by autograd (even inside ``no_grad``), same shape as ``x``, detached."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(action(x).sum(), x)
+    return grad
 
 
 class Component(abc.ABC):
@@ -69,10 +77,7 @@ class Action(Component):
 
     def force(self, x: Tensor) -> Tensor:
         """``dS/dx``, same shape as ``x``. Autograd by default; override with the analytic form."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self(x).sum(), x)
-        return grad
+        return autograd_force(self, x)
 
     @abc.abstractmethod
     def sample_prior(

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lattice_flows import Action, ChainState, Flow, Integrator, Sampler
+from lattice_flows.base import autograd_force
 from lattice_flows.params import component, injected
 
 from .hmc import kinetic_energy, metropolis, select
@@ -54,10 +55,7 @@ class LatentAction:
         return self.action(x) - logdet
 
     def force(self, z: Tensor) -> Tensor:
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self(z).sum(), z)
-        return grad
+        return autograd_force(self, z)
 
 
 @attrs.frozen
