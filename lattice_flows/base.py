@@ -228,6 +228,13 @@ class Sampler(Component):
         """The chain state that starts at fields ``x`` of shape ``(B, *field_shape)``."""
         return ChainState(x=x)
 
+    def adapt(self, info: dict[str, Tensor], iteration: int) -> "Sampler":
+        """During thermalization only: a copy tuned on the last update's ``info`` (``self`` by default).
+
+        The simulation stops adapting when measurements begin, so the measured chain stays exact.
+        """
+        return self
+
     @abc.abstractmethod
     def step(
         self, state: ChainState, action: Action, generator: torch.Generator

@@ -417,18 +417,23 @@ class Simulation:
 
         Columns: ``chain``, ``trajectory`` (0-based, after thermalization), ``accepted`` (bool),
         ``delta_H``, whatever else the sampler reports, then one column per observable. Rows are
-        ordered by chain, then trajectory.
+        ordered by chain, then trajectory. ``table.attrs["sampler"]`` is the sampler's spec section
+        as it ran the measured trajectories (a tuned step size shows there).
         """
         generator = self.generator()
-        state = self.sampler.init(self.initial_fields(generator), self.action)
-        for _ in range(self.settings.n_thermalization):
-            state, _ = self.sampler.step(state, self.action, generator)
+        sampler = self.sampler
+        state = sampler.init(self.initial_fields(generator), self.action)
+        for t in range(self.settings.n_thermalization):
+            state, info = sampler.step(state, self.action, generator)
+            sampler = sampler.adapt(info, t)  # tuning (a step size, say) only while thermalizing
         records: dict[str, list[torch.Tensor]] = {}
         for _ in range(self.settings.n_trajectories):
-            state, info = self.sampler.step(state, self.action, generator)
+            state, info = sampler.step(state, self.action, generator)
             for key, value in {**info, **self.measure(state.x)}.items():
                 records.setdefault(key, []).append(value)
-        return self._table(records)
+        table = self._table(records)
+        table.attrs["sampler"] = component_spec("samplers", sampler)  # as tuned during thermalization
+        return table
 
     def _table(self, records: dict[str, list[torch.Tensor]]) -> pd.DataFrame:
         n_chains, n_traj = self.settings.n_chains, self.settings.n_trajectories

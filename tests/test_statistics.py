@@ -64,3 +64,31 @@ def test_u1_exact_sampler_reproduces_exact_values(beta, shape):
     _check(summary, "topological_charge^2", 0.1 * summary.loc["topological_charge^2", "exact"])
     # independent samples: no autocorrelation
     assert abs(summary.loc["plaquette", "tau_int"] - 0.5) < 0.15
+
+
+def test_hmc_step_size_is_tuned_during_thermalization_only():
+    spec = {
+        "lattice": {"shape": [8, 8]},
+        "action": {"name": "u1_wilson", "beta": 4.0},
+        "sampler": {
+            "name": "hmc",
+            "integrator": {"name": "leapfrog", "step_size": 0.5, "n_steps": 8},
+            "target_acceptance": 0.8,
+        },
+        "observables": ["plaquette"],
+        "n_chains": 16,
+        "n_thermalization": 150,
+        "n_trajectories": 300,
+        "seed": 5,
+    }
+    sim = Simulation.from_spec(spec)
+    table = sim.run()
+    tuned = table.attrs["sampler"]["integrator"]["step_size"]
+    assert tuned < 0.4  # 0.5 accepts almost nothing at beta = 4
+    assert sim.to_spec()["sampler"]["integrator"]["step_size"] == 0.5  # the spec is not rewritten
+    summary = sim.summary(table)
+    assert abs(summary.loc["accepted", "mean"] - 0.8) < 0.1
+    _check(summary, "plaquette", 0.003)  # fixed after thermalization: still exact
+    untuned = Simulation.from_spec({**spec, "sampler": {**spec["sampler"], "target_acceptance": 0.0}}).run()
+    assert untuned.attrs["sampler"]["integrator"]["step_size"] == 0.5
+    assert untuned["accepted"].mean() < 0.5

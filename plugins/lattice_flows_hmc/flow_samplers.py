@@ -21,7 +21,7 @@ from lattice_flows import Action, ChainState, Flow, Integrator, Sampler
 from lattice_flows.base import autograd_force
 from lattice_flows.params import component, injected
 
-from .hmc import kinetic_energy, metropolis, select
+from .hmc import kinetic_energy, metropolis, select, target_acceptance, tune_step_size
 
 __all__ = ["LatentAction", "FTHMC", "FlowIMH", "FlowChainState"]
 
@@ -74,7 +74,11 @@ class FTHMC(Sampler):
     example_params = {"integrator": {"name": "leapfrog", "step_size": 0.1, "n_steps": 5}}
 
     integrator: Integrator = component("integrators", help="molecular-dynamics integrator for the latent field")
+    target_acceptance: float = target_acceptance()
     flow: Flow = injected("flow")
+
+    def adapt(self, info, iteration):
+        return tune_step_size(self, info, iteration)
 
     @torch.no_grad()
     def init(self, x: Tensor, action: Action) -> FlowChainState:

@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import torch
 from torch import Tensor
 
 from lattice_flows import Action, ChainState, Integrator, Sampler
-from lattice_flows.params import component
+from lattice_flows.params import component, real
 
-__all__ = ["HMC", "kinetic_energy", "metropolis", "select"]
+__all__ = ["HMC", "kinetic_energy", "metropolis", "select", "tune_step_size", "target_acceptance"]
+
+
+def target_acceptance():
+    """The spec parameter of samplers whose step size is tuned during thermalization."""
+    return real(
+        help="tune the step size during thermalization toward this mean acceptance probability; 0 turns tuning off",
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+    )
+
+
+def tune_step_size(sampler, info: dict[str, Tensor], iteration: int):
+    """``sampler`` with its integrator's step size moved toward ``sampler.target_acceptance``.
+
+    Robbins-Monro on ``log step_size`` with gain ``1/sqrt(iteration + 1)``, driven by the mean
+    Metropolis probability ``min(1, exp(-delta_H))`` over the chains (less noisy than the accept flags).
+    """
+    if not sampler.target_acceptance:
+        return sampler
+    probability = torch.exp(-info["delta_H"]).clamp(max=1.0).nan_to_num(0.0).mean().item()
+    factor = math.exp((probability - sampler.target_acceptance) / math.sqrt(iteration + 1))
+    integrator = attrs.evolve(sampler.integrator, step_size=sampler.integrator.step_size * factor)
+    return attrs.evolve(sampler, integrator=integrator)
 
 
 def kinetic_energy(v: Tensor) -> Tensor:
@@ -39,6 +65,10 @@ class HMC(Sampler):
     example_params = {"integrator": {"name": "leapfrog", "step_size": 0.1, "n_steps": 10}}
 
     integrator: Integrator = component("integrators", help="molecular-dynamics integrator (a name or a table)")
+    target_acceptance: float = target_acceptance()
+
+    def adapt(self, info, iteration):
+        return tune_step_size(self, info, iteration)
 
     def trajectory(self, x: Tensor, v: Tensor, action: Action) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate from ``(x, v)``; returns ``(x', v', delta_H)`` without accepting anything."""
