@@ -67,6 +67,15 @@ def flow_cases(draw, name):
     return shape, params, draw(st.integers(0, 2**31 - 1)), draw(st.integers(1, 3))
 
 
+def _random_case(name, data, device, min_batch=1):
+    """A drawn lattice, width, seed and batch: the flow in float64 with random weights, and prior fields."""
+    shape, params, seed, batch = data.draw(flow_cases(name))
+    flow, action = _build(name, shape, params, device=device, dtype=torch.float64)
+    _randomize(flow, seed)
+    z = _prior(action, shape, max(batch, min_batch), seed, device, torch.float64)
+    return flow, action, z, seed
+
+
 def _dist(action, a, b):
     return float(action.normalize(a - b).abs().max())
 
@@ -74,10 +83,8 @@ def _dist(action, a, b):
 @pytest.mark.parametrize("name", FLOW_NAMES)
 @given(data=st.data())
 def test_flow_inverts_to_round_off(name, data, device):
-    shape, params, seed, batch = data.draw(flow_cases(name))
-    flow, action = _build(name, shape, params, device=device, dtype=torch.float64)
-    _randomize(flow, seed)
-    z = _prior(action, shape, batch, seed, device, torch.float64)
+    flow, action, z, seed = _random_case(name, data, device)
+    batch = z.shape[0]
     with torch.no_grad():
         x, logdet = flow(z)
         z2, logdet_inv = flow.inverse(x)
@@ -108,10 +115,7 @@ def test_flow_logdet_matches_autograd_jacobian(name, seed, device):
 def test_flow_is_equivariant(name, data, device):
     if not FLOWS.get(name).equivariant:
         pytest.skip("flow declares it is not equivariant")
-    shape, params, seed, batch = data.draw(flow_cases(name))
-    flow, action = _build(name, shape, params, device=device, dtype=torch.float64)
-    _randomize(flow, seed)
-    z = _prior(action, shape, batch, seed, device, torch.float64)
+    flow, action, z, seed = _random_case(name, data, device)
     with torch.no_grad():
         x_of_gz, logdet_gz = flow(action.random_symmetry(z, torch.Generator(device=device).manual_seed(seed + 1)))
         x, logdet = flow(z)
@@ -135,10 +139,7 @@ def test_flow_starts_close_to_the_identity(name, device, dtype):
 @pytest.mark.parametrize("name", FLOW_NAMES)
 @given(data=st.data())
 def test_every_parameter_gets_a_gradient(name, data, device):
-    shape, params, seed, batch = data.draw(flow_cases(name))
-    flow, action = _build(name, shape, params, device=device, dtype=torch.float64)
-    _randomize(flow, seed)
-    z = _prior(action, shape, max(batch, 2), seed, device, torch.float64)
+    flow, action, z, seed = _random_case(name, data, device, min_batch=2)
     x, logdet = flow(z)
     (action(x) - logdet).mean().backward()
     for pname, p in flow.named_parameters():
