@@ -375,7 +375,6 @@ class Simulation:
             flow.load_state_dict(data["flow"])
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: the flow's weights do not fit the spec's flow: {exc}") from None
-        flow.to(device=sim.device, dtype=sim.dtype)
         if data.get("optimizer") is not None:
             sim.optimizer().load_state_dict(data["optimizer"])
         if data.get("training_rng") is not None and sim.device.type == "cpu":
