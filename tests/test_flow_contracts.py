@@ -7,6 +7,8 @@ trivially. Differences of fields are compared after ``action.normalize`` (mod 2 
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import pytest
 import torch
@@ -44,10 +46,13 @@ def _build(name, shape, params=None, *, device, dtype):
 
 
 def _randomize(flow, seed, scale=0.3):
+    """Random weights far from the identity map: biases and vectors ``scale * N(0, 1)``, weight
+    tensors ``N(0, 1) * 4 scale / sqrt(fan in)`` (a layer's outputs as large whatever its inputs)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in flow.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
+            std = scale if p.dim() < 2 else 4 * scale / math.sqrt(p[0].numel())
+            p.copy_(std * torch.randn(p.shape, generator=g, dtype=torch.float64))
     return flow
 
 

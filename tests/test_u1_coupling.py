@@ -51,7 +51,7 @@ def _randomize(flow, seed, scale):
 
 
 def _flow(shape=(8, 8), seed=None, scale=0.15, **params):
-    config = PlaquetteCouplingFlow.Config(**{"n_layers": 8, "hidden": [4], "n_mixture": 3, "n_bins": 5, **params})
+    config = PlaquetteCouplingFlow.Config(**{"n_layers": 8, "hidden": [4], "kernel": "ncp", "n_mixture": 3, "n_bins": 5, **params})
     flow = PlaquetteCouplingFlow(config, shape).double()
     return flow if seed is None else _randomize(flow, seed, scale)
 
@@ -226,6 +226,20 @@ def test_a_period_makes_every_link_active_exactly_once(shape):
     assert masks.layer_labels(masks.PERIOD) == masks.layer_labels(0)
 
 
+def test_the_layer_order_leaves_most_plaquettes_with_an_active_update_last():
+    # Over one period, the last update of 12 of the 16 plaquette classes (n_0 mod 4, n_1 mod 4)
+    # is an active one (the alternating order of arXiv:2101.08176 manages 6).
+    shape = (8, 8)
+    last_active = torch.full(shape, -1)
+    last_passive = torch.full(shape, -1)
+    for i in range(masks.PERIOD):
+        m = masks.plaquette_masks(shape, *masks.layer_labels(i))
+        last_active[m.active] = i
+        last_passive[m.passive] = i
+    assert int((last_active > last_passive).sum()) == 12 * 4
+    assert len(set(masks.ORDER)) == masks.PERIOD
+
+
 @pytest.mark.parametrize("shape", [(4, 4), (8, 12)])
 def test_active_links_sit_in_one_active_and_one_passive_plaquette_and_no_frozen_one(shape):
     for i in range(masks.PERIOD):
@@ -278,7 +292,11 @@ def _naive_flow(flow, z):
     for i, (mu, offset) in enumerate(flow.labels):
         plaq = wrap(plaquette_angles(x))
         m = masks.plaquette_masks(flow.lattice_shape, mu, offset, device=z.device)
-        h = flow.nets[i](torch.stack([torch.cos(plaq), torch.sin(plaq)], dim=1) * m.frozen)
+        features = [torch.cos(plaq) * m.frozen, torch.sin(plaq) * m.frozen]
+        if flow.config.rectangles:  # the active plaquette plus the passive one, x_P(n) + x_P(n - e_nu)
+            rect = plaq + plaq.roll(1, dims=1 + (1 - mu))
+            features += [torch.cos(rect) * m.active, torch.sin(rect) * m.active]
+        h = flow.nets[i](torch.stack(features, dim=1))
         y, logd = flow.circle_map.forward(plaq, h.movedim(1, 0))
         x = x.clone()
         x[:, mu] += masks.ACTIVE_SIGN[mu] * wrap(y - plaq) * m.active  # the link is in the plaquette at its site
@@ -286,15 +304,16 @@ def _naive_flow(flow, z):
     return wrap(x), logdet
 
 
+@pytest.mark.parametrize("rectangles", [True, False])
 @pytest.mark.parametrize("kernel", ["ncp", "spline"])
 @pytest.mark.parametrize("shape", [(8, 8), (4, 12), (12, 8)])
-def test_flow_equals_the_plain_implementation(kernel, shape):
-    flow = _flow(shape, seed=11, scale=0.3, kernel=kernel, n_layers=10, hidden=[3, 4])
+def test_flow_equals_the_plain_implementation(kernel, shape, rectangles):
+    flow = _flow(shape, seed=11, scale=0.3, kernel=kernel, n_layers=10, hidden=[3, 4], rectangles=rectangles)
     z = _links(3, shape, 12)
     with torch.no_grad():
         x, logdet = flow(z)
         x_ref, logdet_ref = _naive_flow(flow, z)
-    assert float(wrap(x - x_ref).abs().max()) < 1e-10
+    assert float(wrap(x - x_ref).abs().max()) < 1e-9
     assert torch.allclose(logdet, logdet_ref, atol=1e-9)
 
 
@@ -358,13 +377,15 @@ def test_fused_layers_match_autograd_to_second_order(kernel, monkeypatch):
 
 @pytest.mark.parametrize("kernel", ["ncp", "spline"])
 def test_logdet_matches_the_jacobian_on_a_rectangular_lattice(kernel):
-    flow = _flow((4, 8), seed=51, scale=0.3, kernel=kernel)
+    flow = _flow((4, 8), seed=51, scale=0.1, kernel=kernel)
     z = _links(1, (4, 8), 52)
     with torch.no_grad():
         _, logdet = flow(z)
     jac = torch.autograd.functional.jacobian(lambda u: (wrap(flow(u)[0] - u) + u).reshape(-1), z)
     sign, expected = torch.linalg.slogdet(jac.reshape(64, 64))
-    assert float(sign) > 0 and float(logdet[0]) == pytest.approx(float(expected), rel=1e-9)
+    # Weights small enough for a well-conditioned Jacobian (condition number about 20; larger random
+    # weights reach 1e13, where round-off alone moves log det by 1e-6).
+    assert float(sign) > 0 and float(logdet[0]) == pytest.approx(float(expected), rel=1e-12)
 
 
 def test_float32_flow_follows_its_input_and_inverts():
@@ -429,9 +450,10 @@ def test_spec_round_trip_and_defaults():
         "hidden": [8, 8],
         "kernel_size": 3,
         "activation": "tanh",
-        "kernel": "ncp",
+        "kernel": "spline",
         "n_mixture": 6,
         "n_bins": 8,
+        "rectangles": True,
     }
     flow = PlaquetteCouplingFlow.from_spec(
         {"hidden": [3], "kernel": "spline"},
@@ -441,4 +463,4 @@ def test_spec_round_trip_and_defaults():
     )
     assert flow.to_spec()["hidden"] == [3] and isinstance(flow.circle_map, CircularSpline)
     small = PlaquetteCouplingFlow(PlaquetteCouplingFlow.Config(**PlaquetteCouplingFlow.example_params), (4, 4))
-    assert sum(p.numel() for p in small.parameters()) < 2000
+    assert sum(p.numel() for p in small.parameters()) < 2500

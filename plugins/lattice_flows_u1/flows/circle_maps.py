@@ -325,6 +325,86 @@ class CircularSpline(CircleMap):
         y, logd = self._map(x, params)
         return y - x, logd
 
+    # The fused coupling layers' path: the same map with its derivatives written out. Per site, with
+    # the bin's left knots (x_0, y_0), width w, height h, slope s = h/w, knot derivatives d_0, d_1,
+    # xi = (x - x_0)/w, D = s + (d_0 + d_1 - 2s) xi (1 - xi), A = s xi^2 + d_0 xi (1 - xi) and
+    # N = d_1 xi^2 + 2 s xi (1 - xi) + d_0 (1 - xi)^2:  y = y_0 + h A/D + t, y' = s^2 N/D^2.
+
+    def displacement_with_state(
+        self, x: Tensor, params: Tensor, need_state: bool = True
+    ) -> tuple[Tensor, Tensor, tuple]:
+        # Bin tables stay parameter-first, (K, *S): each bin is a contiguous slice, so the softmax,
+        # cumulative sums, bin search and gathers are elementwise loops over the sites.
+        K = self.n_bins
+        sm_w = torch.softmax(params[:K], dim=0)
+        sm_h = torch.softmax(params[K : 2 * K], dim=0)
+        scale = 1 - self.min_bin * K
+        widths = (sm_w * scale + self.min_bin) * (2 * math.pi)
+        heights = (sm_h * scale + self.min_bin) * (2 * math.pi)
+        raw_d = params[2 * K : 3 * K] + math.log(math.expm1(1 - self.min_derivative))
+        dvec = F.softplus(raw_d) + self.min_derivative
+        x = wrap(x)
+        xk = torch.cumsum(widths, dim=0).sub_(math.pi)  # right knots; the last one is pi up to round-off
+        idx = (xk[:-1] <= x).sum(0, keepdim=True)  # (1, *S): the bin of x
+        right = torch.where(idx == K - 1, 0, idx + 1)
+
+        def at(table: Tensor, i: Tensor = idx) -> Tensor:
+            return table.gather(0, i).squeeze(0)
+
+        w, h = at(widths), at(heights)
+        x0 = at(xk) - w
+        y0 = at(torch.cumsum(heights, dim=0)).sub_(math.pi) - h
+        d0, d1 = at(dvec), at(dvec, right)
+        s = h / w
+        xi = (x - x0) / w
+        one_minus = 1 - xi
+        xi1 = xi * one_minus
+        D = s + (d0 + d1 - 2 * s) * xi1
+        A = s * xi * xi + d0 * xi1
+        N = d1 * xi * xi + 2 * s * xi1 + d0 * one_minus * one_minus
+        disp = y0 + h * A / D + params[-1] - x
+        logd = 2 * torch.log(s) + torch.log(N) - 2 * torch.log(D)
+        state = (idx, right, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd) if need_state else ()
+        return disp, logd, state
+
+    def displacement_vjp(
+        self, x: Tensor, params: Tensor, state: tuple, grad_d: Tensor, grad_logd: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        idx, right, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd = state
+        K = self.n_bins
+        gl = grad_logd.expand_as(xi)
+        one_minus = 1 - xi
+        xi1 = xi * one_minus
+        lin = 1 - 2 * xi
+        inv_D, inv_N = 1 / D, 1 / N
+        hD2 = h * inv_D * inv_D
+        # derivatives of y and log y' by (xi, s, d_0, d_1) at fixed h, then by h
+        c = d0 + d1 - 2 * s
+        g_xi = grad_d * w * torch.exp(logd) + gl * (2 * (d1 * xi + s * lin - d0 * one_minus) * inv_N - 2 * c * lin * inv_D)
+        g_s = grad_d * hD2 * (xi * xi * D - A * (1 - 2 * xi1)) + gl * (2 / s + 2 * xi1 * inv_N - 2 * (1 - 2 * xi1) * inv_D)
+        g_d0 = grad_d * hD2 * xi1 * (D - A) + gl * (one_minus * one_minus * inv_N - 2 * xi1 * inv_D)
+        g_d1 = gl * (xi * xi * inv_N - 2 * xi1 * inv_D) - grad_d * hD2 * A * xi1
+        # xi = (x - x_0)/w and s = h/w
+        g_x0 = -g_xi / w
+        g_w = g_x0 * xi - g_s * s / w
+        g_h = grad_d * A * inv_D + g_s / w
+        # back to the bin tables (K, *S): x_0 = -pi + sum_{j < k} width_j, y_0 likewise, d_K = d_0
+        bins = torch.arange(K, device=x.device).view(K, *([1] * xi.dim()))
+        below = (bins < idx).to(x.dtype)
+        here = (bins == idx).to(x.dtype)
+        g_widths = below * g_x0 + here * g_w
+        g_heights = below * grad_d + here * g_h
+        g_dvec = here * g_d0 + (bins == right).to(x.dtype) * g_d1
+        scale = 2 * math.pi * (1 - self.min_bin * K)
+
+        def softmax_vjp(sm: Tensor, g: Tensor) -> Tensor:
+            return (g - (g * sm).sum(0, keepdim=True)).mul_(sm).mul_(scale)
+
+        g_params = torch.cat(
+            [softmax_vjp(sm_w, g_widths), softmax_vjp(sm_h, g_heights), g_dvec * torch.sigmoid(raw_d), grad_d.unsqueeze(0)]
+        )
+        return -g_x0 - grad_d, g_params
+
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         y, logd = self._map(wrap(x), params)
         return wrap(y), logd

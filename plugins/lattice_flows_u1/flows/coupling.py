@@ -5,8 +5,12 @@ layers make every link active once) and acts on link angles ``(B, 2, L_0, L_1)``
 the plaquette sets of :mod:`.masks`:
 
 1. the conditioner, a convolutional net with circular padding (:func:`lattice_flows.nn.conv_net`),
-   reads ``(cos x_P, sin x_P)`` on the frozen plaquettes (zero elsewhere) and gives the raw
-   parameters of a circle map ``h`` (:mod:`.circle_maps`) at every site;
+   reads ``(cos x_P, sin x_P)`` on the frozen plaquettes (zero elsewhere) and, with ``rectangles``
+   (the default), ``(cos x_R, sin x_R)`` of the ``1 x 2`` rectangle ``x_R(n) = x_P(n) + x_P(n - e_nu)``
+   at each active site ``n`` (zero elsewhere), and gives the raw parameters of a circle map ``h``
+   (:mod:`.circle_maps`) at every site. The rectangle is the active plaquette joined to its passive
+   one; it does not hold the active link, so the layer leaves it unchanged, and it tells the map of
+   ``x_P(n)`` the value of the neighbour that the update will move the other way;
 2. each active plaquette moves to ``h(x_P)``: its active link changes by ``sign * (h(x_P) - x_P)``,
    ``sign`` the link's sign in that plaquette, so the passive plaquette holding the link moves by
    ``-(h(x_P) - x_P)``;
@@ -49,7 +53,7 @@ from torch.nn import functional as F
 
 from lattice_flows import Flow
 from lattice_flows.nn import ACTIVATIONS, conv_net
-from lattice_flows.params import choice, integer, odd_integer, widths
+from lattice_flows.params import choice, flag, integer, odd_integer, widths
 
 from ..geometry import plaquette_angles, wrap
 from . import masks
@@ -174,14 +178,28 @@ def _conditioner_supported(net: nn.Sequential) -> bool:
     return all(isinstance(m, nn.Conv2d) or type(m) in _ACTIVATION_BACKWARD for m in net)
 
 
-def _features(plaq: Tensor, mask: Tensor) -> Tensor:
-    """``(cos x_P, sin x_P)`` on the frozen plaquettes, zero elsewhere: ``(L_0, 2, L_1, B)`` from ``(L_0, L_1, B)``."""
-    return torch.stack([torch.cos(plaq), torch.sin(plaq)], dim=1).mul_(mask)
+def _features(plaq: Tensor, mask: Tensor, nu: int) -> Tensor:
+    """What the conditioner reads: ``(cos, sin)`` of loops times the mask, ``(L_0, 2k, L_1, B)``, from
+    plaquettes ``(L_0, L_1, B)`` and a mask ``(L_0, k, L_1, 1)``. The loops are the plaquettes and, for
+    ``k = 2``, the ``1 x 2`` rectangles ``x_P(n) + x_P(n - e_nu)`` (``nu`` is also the axis of ``n_nu``)."""
+    loops = plaq.unsqueeze(1) if mask.shape[1] == 1 else torch.stack([plaq, plaq + plaq.roll(1, nu)], dim=1)
+    return torch.stack([torch.cos(loops), torch.sin(loops)], dim=2).mul_(mask.unsqueeze(2)).flatten(1, 2)
 
 
-def _conditioner_reference(plaq: Tensor, mask: Tensor, net: nn.Sequential, params: Sequence[Tensor]) -> Tensor:
+def _features_backward(features: Tensor, g: Tensor, nu: int) -> Tensor:
+    """The gradient with respect to the plaquettes ``(L_0, L_1, B)`` from that of :func:`_features`, ``g``."""
+    L0, C, L1, B = g.shape
+    prod = (features * g.view(L0, C // 2, 2, L1, B).flip(2).view(L0, C, L1, B)).view(L0, C // 2, 2, L1, B)
+    per_loop = prod[:, :, 0] - prod[:, :, 1]  # d/d loop of mask * (cos, sin)(loop): (L_0, k, L_1, B)
+    if C == 2:
+        return per_loop[:, 0]
+    rect = per_loop[:, 1]
+    return per_loop[:, 0] + rect + rect.roll(-1, nu)
+
+
+def _conditioner_reference(plaq: Tensor, mask: Tensor, net: nn.Sequential, params: Sequence[Tensor], nu: int = 0) -> Tensor:
     """The conditioner with ``conv2d`` and autograd: ``(L_0, n, L_1, B)``, differentiable to any order."""
-    x = _features(plaq, mask).permute(3, 1, 0, 2)  # (B, 2, L_0, L_1)
+    x = _features(plaq, mask, nu).permute(3, 1, 0, 2)  # (B, 2k, L_0, L_1)
     i = 0
     for module in net:
         if isinstance(module, nn.Conv2d):
@@ -198,10 +216,10 @@ def _conditioner_reference(plaq: Tensor, mask: Tensor, net: nn.Sequential, param
     return x.permute(2, 1, 3, 0)
 
 
-def _conditioner_forward(plan: _Plan, plaq: Tensor, mask: Tensor, net: nn.Sequential, params) -> tuple[Tensor, list]:
+def _conditioner_forward(plan: _Plan, plaq: Tensor, mask: Tensor, net: nn.Sequential, params, nu: int = 0) -> tuple[Tensor, list]:
     """The conditioner's output ``(L_0, n, L_1, B)`` and what :func:`_conditioner_backward` needs (only the
     compact activations: the gathers are redone in the backward, which costs less than keeping them)."""
-    x = _features(plaq, mask)
+    x = _features(plaq, mask, nu)
     inputs, pre = [x], []
     i = 0
     for module in net:
@@ -219,7 +237,7 @@ def _conditioner_forward(plan: _Plan, plaq: Tensor, mask: Tensor, net: nn.Sequen
     return x, inputs + pre
 
 
-def _conditioner_backward(plan, g, net, params, saved, need_plaq, need_params):
+def _conditioner_backward(plan, g, net, params, saved, need_plaq, need_params, nu: int = 0):
     """``(d loss/d plaq or None, [d loss/d param or None])`` for the output gradient ``g`` ``(L_0, n, L_1, B)``."""
     n_conv = len(params) // 2
     inputs, pre = saved[:n_conv], saved[n_conv:]  # the input of each convolution; pre-activations or None
@@ -239,9 +257,7 @@ def _conditioner_backward(plan, g, net, params, saved, need_plaq, need_params):
             act = activations[layer - 1]
             g = _ACTIVATION_BACKWARD[type(act)](ga, pre[layer - 1], inputs[layer], act)
         elif need_x:
-            # features (cos, sin) * mask: zero where the mask is, so no gradient reaches there
-            prod = inputs[0] * ga.flip(1)
-            grad_plaq = prod[:, 0] - prod[:, 1]
+            grad_plaq = _features_backward(inputs[0], ga, nu)
     return grad_plaq, param_grads
 
 
@@ -249,9 +265,9 @@ class _Conditioner(torch.autograd.Function):
     """:func:`conditioner` as one autograd node with a hand-written backward."""
 
     @staticmethod
-    def forward(ctx, plaq, mask, plan, net, *params):
-        out, saved = _conditioner_forward(plan, plaq, mask, net, params)
-        ctx.net, ctx.plan, ctx.n = net, plan, len(params)
+    def forward(ctx, plaq, mask, plan, net, nu, *params):
+        out, saved = _conditioner_forward(plan, plaq, mask, net, params, nu)
+        ctx.net, ctx.plan, ctx.n, ctx.nu = net, plan, len(params), nu
         ctx.save_for_backward(plaq, mask, *params, *saved)
         return out
 
@@ -259,37 +275,38 @@ class _Conditioner(torch.autograd.Function):
     def backward(ctx, g):
         plaq, mask, *rest = ctx.saved_tensors
         params, saved = rest[: ctx.n], rest[ctx.n :]
-        need_plaq, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[4:]
+        need_plaq, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[5:]
         if torch.is_grad_enabled():  # create_graph: differentiate a differentiable recomputation
             wanted = [t for t, need in zip((plaq, *params), (need_plaq, *need_params)) if need]
             with torch.enable_grad():
-                out = _conditioner_reference(plaq, mask, ctx.net, params)
+                out = _conditioner_reference(plaq, mask, ctx.net, params, ctx.nu)
             found = iter(torch.autograd.grad(out, wanted, g, create_graph=True, allow_unused=True))
             grads = [next(found) if need else None for need in (need_plaq, *need_params)]
-            return grads[0], None, None, None, *grads[1:]
+            return grads[0], None, None, None, None, *grads[1:]
         grad_plaq, param_grads = _conditioner_backward(
-            ctx.plan, g.contiguous(), ctx.net, params, saved, need_plaq, need_params
+            ctx.plan, g.contiguous(), ctx.net, params, saved, need_plaq, need_params, ctx.nu
         )
-        return grad_plaq, None, None, None, *param_grads
+        return grad_plaq, None, None, None, None, *param_grads
 
 
 def _net_params(net: nn.Sequential) -> list:
     return [t for m in net if isinstance(m, nn.Conv2d) for t in (m.weight, m.bias)]
 
 
-def conditioner(plaq: Tensor, mask: Tensor, net: nn.Sequential, plan: _Plan | None = None) -> Tensor:
-    """Evaluate a :func:`~lattice_flows.nn.conv_net` on the masked ``(cos, sin)`` of the plaquettes.
+def conditioner(plaq: Tensor, mask: Tensor, net: nn.Sequential, plan: _Plan | None = None, nu: int = 0) -> Tensor:
+    """Evaluate a :func:`~lattice_flows.nn.conv_net` on the masked ``(cos, sin)`` of loops.
 
-    ``plaq``: ``(L_0, L_1, B)``; ``mask``: ``(L_0, 1, L_1, 1)`` (1 on the frozen plaquettes). Returns
-    ``(L_0, n_params, L_1, B)``, what the net gives on ``(B, 2, L_0, L_1)`` inputs, transposed.
+    ``plaq``: ``(L_0, L_1, B)``; ``mask``: ``(L_0, k, L_1, 1)``, ``k = 1`` (the plaquettes it keeps) or
+    ``k = 2`` (then also the rectangles ``x_P(n) + x_P(n - e_nu)`` it keeps). Returns
+    ``(L_0, n_params, L_1, B)``, what the net gives on the ``(B, 2k, L_0, L_1)`` features, transposed.
     Differentiable to any order. ``plan`` caches index tensors and buffers between calls.
     """
     params = _net_params(net)
     if not _conditioner_supported(net):
-        return _conditioner_reference(plaq, mask, net, params)
+        return _conditioner_reference(plaq, mask, net, params, nu)
     if plan is None:
         plan = _Plan(plaq.shape[:2], net[0].kernel_size[0], plaq.device)
-    return _Conditioner.apply(plaq, mask, plan, net, *params)
+    return _Conditioner.apply(plaq, mask, plan, net, nu, *params)
 
 
 # -- one coupling layer -------------------------------------------------------------------------
@@ -336,7 +353,7 @@ def _moved(plaq: Tensor, delta: Tensor, mu: int, offset: int) -> Tensor:
 
 def _layer_reference(plaq, mask, net, circle_map, mu, offset, params):
     """One coupling layer with autograd throughout: ``(plaquettes after, displacement, log-det (B,))``."""
-    out = _conditioner_reference(plaq, mask, net, params).contiguous()
+    out = _conditioner_reference(plaq, mask, net, params, 1 - mu).contiguous()
     delta, logd = circle_map.displacement(_stripe(plaq, mu, offset), _param_stripe(out, mu, offset))
     return _moved(plaq, delta, mu, offset), delta, logd.sum(dim=(0, 1))
 
@@ -344,7 +361,7 @@ def _layer_reference(plaq, mask, net, circle_map, mu, offset, params):
 class _CouplingLayer(torch.autograd.Function):
     """One coupling layer as a single autograd node (per-node overhead dominates on small lattices).
 
-    Inputs: plaquettes ``(L_0, L_1, B)`` (contiguous), the frozen mask ``(L_0, 1, L_1, 1)``, the layer
+    Inputs: plaquettes ``(L_0, L_1, B)`` (contiguous), the input mask ``(L_0, k, L_1, 1)``, the layer
     ``(plan, net, circle_map, mu, offset, need_state)`` (``need_state``: whether a backward may follow),
     then the net's weights and biases. Outputs: the plaquettes after the layer, the displacement ``d``
     on the active stripe ``(*S)``, and ``sum log h'`` per configuration ``(B,)``. The backward chains
@@ -355,7 +372,7 @@ class _CouplingLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plaq, mask, layer, *params):
         plan, net, circle_map, mu, offset, need_state = layer
-        out, saved = _conditioner_forward(plan, plaq, mask, net, params)
+        out, saved = _conditioner_forward(plan, plaq, mask, net, params, 1 - mu)
         x = _stripe(plaq, mu, offset)
         delta, logd, state = circle_map.displacement_with_state(x, _param_stripe(out, mu, offset), need_state)
         ctx.layer, ctx.n, ctx.state = layer, len(params), state  # the state may hold a private graph
@@ -384,7 +401,7 @@ class _CouplingLayer(torch.autograd.Function):
         )
         g_out = torch.zeros_like(out)
         _param_stripe(g_out, mu, offset).copy_(g_prm)
-        g_plaq, param_grads = _conditioner_backward(plan, g_out, net, params, saved, need_plaq, need_params)
+        g_plaq, param_grads = _conditioner_backward(plan, g_out, net, params, saved, need_plaq, need_params, 1 - mu)
         if need_plaq:
             g_plaq = g_plaq.add_(g_new) if g_plaq is not None else g_new.clone()
             _stripe(g_plaq, mu, offset).add_(g_x)
@@ -423,11 +440,16 @@ class PlaquetteCouplingFlow(Flow):
         activation: str = choice(tuple(ACTIVATIONS), help="activation between convolutions", default="tanh")
         kernel: str = choice(
             ("ncp", "spline"),
-            help="circle map of the active plaquettes: 'ncp' (tan mixtures) or 'spline' (rational-quadratic)",
-            default="ncp",
+            help="circle map of the active plaquettes: 'spline' (rational-quadratic) or 'ncp' (tan mixtures)",
+            default="spline",
         )
         n_mixture: int = integer(help="number of terms of the NCP mixture (kernel 'ncp')", default=6, ge=1)
         n_bins: int = integer(help="number of spline bins (kernel 'spline')", default=8, ge=2)
+        rectangles: bool = flag(
+            help="the conditioners also read the 1x2 rectangles made of an active and its passive plaquette "
+            "(the layer leaves them unchanged)",
+            default=True,
+        )
 
     def __init__(self, config: Config, lattice_shape: Sequence[int]):
         self.check_lattice(lattice_shape)
@@ -438,7 +460,7 @@ class PlaquetteCouplingFlow(Flow):
         self.labels = [masks.layer_labels(i) for i in range(config.n_layers)]
         self.nets = nn.ModuleList(
             conv_net(
-                2,
+                4 if config.rectangles else 2,
                 config.hidden,
                 self.circle_map.n_params,
                 kernel_size=config.kernel_size,
@@ -447,9 +469,13 @@ class PlaquetteCouplingFlow(Flow):
             for _ in range(config.n_layers)
         )
         period = min(config.n_layers, masks.PERIOD)
-        frozen = torch.stack([masks.frozen_plaquettes(lattice_shape, *self.labels[i]) for i in range(period)])
-        # (period, L_0, 1, L_1, 1), float so that a product keeps the dtype (it follows .to()).
-        self.register_buffer("frozen_masks", frozen[:, :, None, :, None].float(), persistent=False)
+        inputs = []
+        for label in self.labels[:period]:
+            m = masks.plaquette_masks(lattice_shape, *label)
+            # the rectangle x_P(n) + x_P(n - e_nu) at an active n is its plaquette and the passive one
+            inputs.append(torch.stack([m.frozen, m.active] if config.rectangles else [m.frozen]))
+        # (period, L_0, k, L_1, 1), float so that a product keeps the dtype (it follows .to()).
+        self.register_buffer("input_masks", torch.stack(inputs).permute(0, 2, 1, 3)[..., None].float(), persistent=False)
         self._plans: dict = {}
 
     @classmethod
@@ -482,7 +508,8 @@ class PlaquetteCouplingFlow(Flow):
 
     def _params(self, i: int, plaq: Tensor, plan: _Plan) -> Tensor:
         """Raw circle-map parameters of layer ``i`` on its active plaquettes, ``(n_params, *S)``."""
-        out = conditioner(plaq, self.frozen_masks[i % masks.PERIOD], self.nets[i], plan).contiguous()
+        mask = self.input_masks[i % masks.PERIOD]
+        out = conditioner(plaq, mask, self.nets[i], plan, nu=1 - self.labels[i][0]).contiguous()
         return _param_stripe(out, *self.labels[i])
 
     def _links(self, z: Tensor, deltas: list) -> Tensor:
@@ -508,7 +535,7 @@ class PlaquetteCouplingFlow(Flow):
         plan = self._plan(z.device)
         plaq = plaquette_angles(z).permute(1, 2, 0).contiguous()  # (L_0, L_1, B)
         deltas, logdets = [], []
-        frozen = self.frozen_masks.unbind(0)
+        frozen = self.input_masks.unbind(0)
         for i in range(len(self.labels)):
             plaq, delta, logdet = self._layer(i, plaq, plan, frozen[i % masks.PERIOD])
             deltas.append(delta)

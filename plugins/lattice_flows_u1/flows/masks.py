@@ -12,8 +12,15 @@ A layer is labelled by a direction ``mu`` in ``{0, 1}`` and an offset ``o`` in `
 - frozen plaquettes: ``n_nu = o + 1, o + 2 (mod 4)``, a double stripe holding no active link; only they
   condition the layer's network.
 
-Layer ``i`` of a flow takes :func:`layer_labels` ``(i) = (i mod 2, (i // 2) mod 4)``, so every
-:data:`PERIOD` consecutive layers make every link active exactly once.
+Layer ``i`` of a flow takes :func:`layer_labels` ``(i) = ORDER[i mod 8]``, so every :data:`PERIOD`
+consecutive layers make every link active exactly once. The :data:`ORDER` matters: a plaquette
+moved passively after its last active update keeps a shift that no later layer of the period can
+correct, while a passive shift of a plaquette that is still uniform (not yet made active) leaves it
+uniform and independent. Running the offsets downwards, all of ``mu = 0`` then all of ``mu = 1``,
+leaves 12 of the 16 plaquette classes ``(n_0 mod 4, n_1 mod 4)`` with an active update last; the
+alternating order of Albergo et al. (arXiv:2101.08176), ``(i mod 2, (i // 2) mod 4)``, leaves 6. At
+``beta = 2`` on 8x8 (16 spline layers, 3 minutes of training) the reverse KL drops from about 1.0
+to 0.55 (``benchmarks/train_flows.py``).
 
 The mask functions return ``bool`` tensors (which multiply a tensor of any floating dtype without
 changing it); :func:`stripe` gives the same sets as basic slices, which select a strided view without
@@ -30,6 +37,7 @@ from torch import Tensor
 
 __all__ = [
     "PERIOD",
+    "ORDER",
     "ACTIVE_SIGN",
     "check_shape",
     "layer_labels",
@@ -56,9 +64,13 @@ def check_shape(lattice_shape: Sequence[int], what: str = "plaquette coupling ma
     return int(shape[0]), int(shape[1])
 
 
+#: ``(mu, offset)`` of the layers of one period, in the order they act (see the module docstring).
+ORDER = ((0, 3), (0, 2), (0, 1), (0, 0), (1, 3), (1, 2), (1, 1), (1, 0))
+
+
 def layer_labels(i: int) -> tuple[int, int]:
-    """``(mu, offset)`` of layer ``i``: ``(i mod 2, (i // 2) mod 4)``."""
-    return i % 2, (i // 2) % 4
+    """``(mu, offset)`` of layer ``i``: ``ORDER[i mod 8]``."""
+    return ORDER[i % PERIOD]
 
 
 def stripe(mu: int, offset: int) -> tuple[slice, ...]:
