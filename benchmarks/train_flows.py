@@ -77,17 +77,18 @@ def cmd_speed(args):
 
 
 def train_with_ess(sim: Simulation, minutes: float, n_points: int, n_eval: int, label: str = "") -> list[dict]:
-    """Train for ``minutes``, printing ESS on fresh samples at ``n_points`` times; returns the rows."""
+    """Train for ``minutes`` (the time budget of the learning-rate schedule too), printing ESS on fresh
+    samples at ``n_points`` times; returns the rows."""
     total = 60.0 * minutes
     eval_generator = torch.Generator(device=sim.device).manual_seed(12345)
     start = 0.0 if sim.history is None or len(sim.history) == 0 else float(sim.history["seconds"].iloc[-1])
+    sim.training = attrs.evolve(sim.training, max_seconds=start + total)
     rows = []
     print(f"{'':>10}{'seconds':>9} {'steps':>7} {'steps/s':>8} {'loss':>10} {'ESS':>7}")
     for k in range(n_points + 1):
         budget = start + total * k / n_points
         if k > 0:
-            sim.training = attrs.evolve(sim.training, max_seconds=budget)
-            sim.train(progress=False)
+            sim.train(progress=False, pause_at_seconds=budget)
         quality = sim.flow_quality(n_eval, eval_generator)
         steps = 0 if sim.history is None else len(sim.history)
         seconds = 0.0 if not steps else float(sim.history["seconds"].iloc[-1])

@@ -45,7 +45,11 @@ class TrainingSettings:
     n_steps: int = integer(help="total optimizer steps (a resumed run continues up to this count)", default=1000, ge=1)
     batch_size: int = integer(help="configurations drawn per step", default=64, ge=1)
     lr: float = real(help="Adam learning rate (peak value with a schedule)", default=1e-3, gt=0.0)
-    schedule: str = choice(("constant", "cosine"), help="learning-rate schedule over n_steps", default="constant")
+    schedule: str = choice(
+        ("constant", "cosine"),
+        help="learning-rate schedule; 'cosine' decays to 0 over n_steps or max_seconds, whichever ends first",
+        default="constant",
+    )
     grad_clip: float = real(help="clip the gradient norm to this value; 0 turns clipping off", default=0.0, ge=0.0)
     max_seconds: float = real(
         help="stop once the training time (all sessions together) reaches this many seconds; 0 means no limit",
@@ -56,10 +60,24 @@ class TrainingSettings:
         help="non-finite loss or gradient this many steps in a row stops training with an error", default=20, ge=1
     )
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of step ``step`` (0-based)."""
+    def progress(self, step: int, seconds: float = 0.0) -> float:
+        """Fraction of the training budget spent before step ``step`` (0-based) after ``seconds`` of
+        training: the larger of ``step / n_steps`` and ``seconds / max_seconds`` (when a time limit is
+        set), at most 1."""
+        done = step / self.n_steps
+        if self.max_seconds:
+            done = max(done, seconds / self.max_seconds)
+        return min(done, 1.0)
+
+    def lr_at(self, step: int, seconds: float = 0.0) -> float:
+        """Learning rate of step ``step`` (0-based) begun after ``seconds`` of training.
+
+        With ``schedule = "cosine"`` and a ``max_seconds`` limit, the decay follows whichever budget
+        runs out first, so a time-limited run ends at a small rate however fast the machine is (the
+        rate then depends on the wall clock, and so does the trained flow).
+        """
         if self.schedule == "cosine":
-            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.n_steps) / self.n_steps))
+            return self.lr * 0.5 * (1 + math.cos(math.pi * self.progress(step, seconds)))
         return self.lr
 
 
@@ -99,6 +117,7 @@ def train_flow(
     device: torch.device,
     history: pd.DataFrame | None = None,
     progress: bool | None = None,
+    pause_at_seconds: float | None = None,
 ) -> pd.DataFrame:
     """Train ``flow`` in place from ``len(history)`` up to ``settings.n_steps`` steps (or until the
     cumulative training time reaches ``settings.max_seconds``); returns the full history.
@@ -107,7 +126,8 @@ def train_flow(
     ``grad_norm`` (before clipping), cumulative wall-clock ``seconds`` and whether the step was
     ``skipped``. A step whose loss or gradient is not finite changes nothing and is recorded as
     skipped; ``settings.max_bad_steps`` of them in a row raise :class:`TrainingError`. The step's
-    numbers reach the host once per step, for the history row.
+    numbers reach the host once per step, for the history row. ``pause_at_seconds`` also stops at
+    that cumulative time, without entering the learning-rate schedule (which follows ``settings``).
     """
     rows = [] if history is None else history.to_dict("records")
     start_step = len(rows)
@@ -121,8 +141,10 @@ def train_flow(
         for step in range(start_step, settings.n_steps):
             if settings.max_seconds and elapsed >= settings.max_seconds:
                 break
+            if pause_at_seconds is not None and elapsed >= pause_at_seconds:
+                break
             t0 = time.perf_counter()
-            lr = settings.lr_at(step)
+            lr = settings.lr_at(step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ import torch
 
 from lattice_flows import Simulation, SpecError
 from lattice_flows.checkpoint import CheckpointError
-from lattice_flows.training import TrainingError, effective_sample_size
+from lattice_flows.training import TrainingError, TrainingSettings, effective_sample_size
 
 SIGMA = 2.0
 
@@ -64,6 +64,17 @@ def test_cosine_schedule_and_clipping(toy_plugins):
     history = sim.train(progress=False)
     assert history["lr"].iloc[0] == pytest.approx(0.1) and history["lr"].iloc[-1] < 0.01
     assert history["lr"].is_monotonic_decreasing
+
+
+def test_cosine_schedule_follows_the_budget_that_ends_first():
+    steps = TrainingSettings(n_steps=100, lr=1.0, schedule="cosine")
+    assert steps.lr_at(0) == 1.0 and steps.lr_at(50, seconds=1e6) == pytest.approx(0.5)
+    assert steps.lr_at(100) == pytest.approx(0.0, abs=1e-12)
+    timed = TrainingSettings(n_steps=100, lr=1.0, schedule="cosine", max_seconds=10.0)
+    assert timed.lr_at(10, seconds=5.0) == pytest.approx(0.5)  # time ran out faster than steps
+    assert timed.lr_at(75, seconds=1.0) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
+    assert timed.lr_at(3, seconds=20.0) == pytest.approx(0.0, abs=1e-12)
+    assert TrainingSettings(lr=0.3, max_seconds=10.0).lr_at(5, seconds=9.0) == 0.3  # constant
 
 
 def test_non_finite_steps_are_skipped_then_stop_training(toy_plugins, monkeypatch):
