@@ -307,11 +307,12 @@ class Simulation:
             self._train_generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + TRAINING_SEED_OFFSET)
         return self._train_generator
 
-    def train(self, *, progress: bool | None = None) -> pd.DataFrame:
+    def train(self, *, progress: bool | None = None, pause_at_seconds: float | None = None) -> pd.DataFrame:
         """Train the flow (reverse KL) up to ``training.n_steps`` steps; returns the whole history.
 
         A loaded checkpoint continues where it stopped. ``progress``: a tqdm bar (default: only
-        when standard error is a terminal).
+        when standard error is a terminal). ``pause_at_seconds``: return once the cumulative training
+        time reaches this, leaving the schedule as it is (to measure along the way; a later call goes on).
         """
         flow = self._require_flow("training")
         settings = self.training or TrainingSettings()
@@ -327,6 +328,7 @@ class Simulation:
                 device=self.device,
                 history=self.history,
                 progress=progress,
+                pause_at_seconds=pause_at_seconds,
             )
         except TrainingError as exc:
             self.history = exc.history
@@ -411,8 +413,11 @@ class Simulation:
         return {column: obs(x) for column, obs in self.observables.items()}
 
     @torch.no_grad()
-    def run(self) -> pd.DataFrame:
+    def run(self, initial: torch.Tensor | None = None) -> pd.DataFrame:
         """Thermalize, then sample; one row per chain and measured trajectory.
+
+        ``initial``: fields to start the chains from, ``(n_chains, *field_shape)`` (for example
+        equilibrium configurations from an exact sampler), instead of the ``start`` setting.
 
         Columns: ``chain``, ``trajectory`` (0-based, after thermalization), ``accepted`` (bool),
         ``delta_H``, whatever else the sampler reports, then one column per observable. Rows are
@@ -421,7 +426,14 @@ class Simulation:
         """
         generator = self.generator()
         sampler = self.sampler
-        state = sampler.init(self.initial_fields(generator), self.action)
+        if initial is None:
+            initial = self.initial_fields(generator)
+        else:
+            expected = (self.settings.n_chains, *self.action.field_shape(self.lattice_shape))
+            if tuple(initial.shape) != expected:
+                raise ValueError(f"run(initial=...): expected fields of shape {expected} (n_chains, *field_shape), got {tuple(initial.shape)}")
+            initial = initial.to(device=self.device, dtype=self.dtype)
+        state = sampler.init(initial, self.action)
         for t in range(self.settings.n_thermalization):
             state, info = sampler.step(state, self.action, generator)
             sampler = sampler.adapt(info, t)  # tuning (a step size, say) only while thermalizing

@@ -98,6 +98,16 @@ def test_float32_and_cold_start():
     assert sim.run()["plaquette"].dtype == np.float32
 
 
+def test_run_from_given_fields():
+    sim = Simulation.from_spec(small_spec(n_thermalization=0, n_trajectories=1, sampler={"name": "u1_exact"}))
+    n, shape = sim.settings.n_chains, sim.action.field_shape(sim.lattice_shape)
+    cold = Simulation.from_spec(small_spec(n_thermalization=0, n_trajectories=1, start="cold"))
+    ordered = cold.run(initial=torch.zeros(n, *shape))
+    assert ordered.equals(cold.run())
+    with pytest.raises(ValueError, match=r"expected fields of shape \(3, 2, 4, 6\) .*got \(2, 2, 4, 6\)"):
+        sim.run(initial=torch.zeros(2, *shape))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
