@@ -41,6 +41,7 @@ REFERENCE = {
         "hidden": [8, 8],
         "kernel_size": 3,
         "n_mixture": 2,
+        "rectangles": False,  # as the published implementation: conditioners read frozen plaquettes only
     },
     "training": {"n_steps": 10**9, "batch_size": 64, "lr": 1e-3},
     "sampler": {"name": "hmc", "integrator": {"name": "leapfrog", "step_size": 0.1, "n_steps": 10}},
@@ -67,8 +68,8 @@ def steps_per_second(spec: dict, blocks: int = 5, seconds: float = 3.0) -> tuple
 def cmd_speed(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     cases = {"ncp (reference)": REFERENCE}
-    for kernel in ("spline",):
-        cases[kernel] = {**REFERENCE, "flow": {**REFERENCE["flow"], "kernel": kernel, "n_bins": 8}}
+    cases["ncp+rectangles"] = {**REFERENCE, "flow": {**REFERENCE["flow"], "rectangles": True}}
+    cases["spline+rect."] = {**REFERENCE, "flow": {**REFERENCE["flow"], "kernel": "spline", "n_bins": 8, "rectangles": True}}
     cases["stout"] = {**REFERENCE, "flow": {"name": "u1_stout", "n_layers": 16, "hidden": [8, 8], "kernel_size": 3}}
     print(f"{'flow':>16} {'median steps/s':>15} {'best steps/s':>13}")
     for label, spec in cases.items():
@@ -128,8 +129,11 @@ def cmd_transfer(args):
     eval_generator = torch.Generator().manual_seed(12345)
     print(f"# {args.checkpoint}: trained {len(small.history)} steps on {small.lattice_shape}, ESS there "
           f"{small.flow_quality(args.n_eval, eval_generator)['ess']:.3f}")
-    big = Simulation.load(args.checkpoint, lattice={"shape": shape})
-    print(f"# on {shape} with the same weights, then retrained for {args.minutes} min:")
+    # Retraining resumes the history (steps and seconds go on), so it runs at a constant rate of its own
+    # rather than at the tail of the first run's schedule.
+    training = {**small.to_spec()["training"], "schedule": "constant", "lr": args.lr, "n_steps": 10**9}
+    big = Simulation.load(args.checkpoint, lattice={"shape": shape}, training=training)
+    print(f"# on {shape} with the same weights, then retrained for {args.minutes} min at lr {args.lr}:")
     train_with_ess(big, args.minutes, args.points, args.n_eval, label=f"{shape[0]}x{shape[1]}")
 
 
@@ -150,6 +154,7 @@ def main():
         if name == "transfer":
             p.add_argument("checkpoint")
             p.add_argument("--shape", type=int, nargs=2, default=[16, 16])
+            p.add_argument("--lr", type=float, default=5e-4, help="constant learning rate of the retraining")
         p.add_argument("--minutes", type=float, default=2.0)
         p.add_argument("--points", type=int, default=5, help="ESS evaluations along the way")
         p.add_argument("--n-eval", type=int, default=1024, help="samples per ESS evaluation")
