@@ -167,18 +167,19 @@ def figures(out: Path, tables: dict, history: pd.DataFrame | None) -> list[Path]
         return []
     paths = []
     for shape, by_sampler in tables.items():
-        fig, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-        for name in ("hmc", "fthmc"):
-            if name not in by_sampler:
-                continue
+        names = [n for n in ("hmc", "fthmc") if n in by_sampler]
+        if not names:
+            continue
+        # one column per sampler: their runs differ in length by orders of magnitude
+        fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 5), sharey="row", squeeze=False)
+        for col, name in enumerate(names):
             chain0 = by_sampler[name][by_sampler[name]["chain"] == 0]
-            axes[0].plot(chain0["trajectory"], chain0["plaquette"], lw=0.7, label=name.upper())
-            axes[1].plot(chain0["trajectory"], chain0["topological_charge"], lw=0.7, label=name.upper())
-        axes[0].set_ylabel(r"$\langle \cos x_P \rangle$")
-        axes[1].set_ylabel("$Q$")
-        axes[1].set_xlabel("trajectory")
-        axes[0].legend(loc="lower right")
-        axes[0].set_title(f"2D U(1), {shape}: chain 0")
+            axes[0, col].plot(chain0["trajectory"], chain0["plaquette"], lw=0.5, color=f"C{col}")
+            axes[1, col].plot(chain0["trajectory"], chain0["topological_charge"], lw=0.8, color=f"C{col}")
+            axes[0, col].set_title(f"{name.upper()}, {shape}, chain 0")
+            axes[1, col].set_xlabel("trajectory")
+        axes[0, 0].set_ylabel(r"$\langle \cos x_P \rangle$")
+        axes[1, 0].set_ylabel("$Q$")
         fig.tight_layout()
         path = out / f"histories_{shape}.png"
         fig.savefig(path, dpi=120)
@@ -221,7 +222,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="runs/compare_samplers", help="folder for figures, tables and specs")
+    p.add_argument("--out", default="runs/compare_samplers", help="folder for figures, tables (csv.gz) and specs")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,6 +254,7 @@ def main() -> None:
                 print(f"# {label} {name}: flow ESS {quality['ess']:.4f}, loss {quality['loss']:.2f}", flush=True)
             table, summary, seconds = measure(sim, start)
             tables.setdefault(label, {})[name] = table
+            table.to_csv(out / f"table_{name}_{label}.csv.gz", index=False)
             r = row(name, sim, table, summary, seconds, 0.0 if name == "hmc" else training_s + extra)
             r["beta"], r["shape"] = beta, label
             rows.append(r)
