@@ -273,68 +273,14 @@ class CircularSpline(CircleMap):
     def n_params(self) -> int:
         return 3 * self.n_bins + 1
 
-    def _knots(self, raw: Tensor) -> tuple[Tensor, Tensor]:
-        """Knot positions ``(*S, K+1)`` from ``-pi`` to ``pi``, and bin sizes ``(*S, K)``."""
-        K = self.n_bins
-        sizes = self.min_bin + (1 - self.min_bin * K) * torch.softmax(raw, dim=-1)
-        inner = torch.cumsum(sizes[..., :-1], dim=-1) * (2 * math.pi) - math.pi
-        edge = inner.new_full((*inner.shape[:-1], 1), math.pi)
-        knots = torch.cat([-edge, inner, edge], dim=-1)
-        return knots, knots[..., 1:] - knots[..., :-1]
-
-    def _spline(self, params: Tensor):
-        K = self.n_bins
-        p = params.movedim(0, -1)  # (*S, n_params): searchsorted wants the knots last
-        xk, w = self._knots(p[..., :K])
-        yk, h = self._knots(p[..., K : 2 * K])
-        shift = math.log(math.expm1(1 - self.min_derivative))
-        d = F.softplus(p[..., 2 * K : 3 * K] + shift) + self.min_derivative
-        d = torch.cat([d, d[..., :1]], dim=-1)  # periodic: d(-pi) = d(pi)
-        return xk, w, yk, h, d, params[-1]
-
-    @staticmethod
-    def _bin(knots: Tensor, value: Tensor) -> Tensor:
-        idx = torch.searchsorted(knots.contiguous(), value.unsqueeze(-1).contiguous(), right=True) - 1
-        return idx.clamp_(0, knots.shape[-1] - 2)
-
-    @staticmethod
-    def _gather(idx: Tensor, *tables: Tensor) -> list[Tensor]:
-        return [t.gather(-1, idx).squeeze(-1) for t in tables]
-
-    @staticmethod
-    def _log_derivative(xi, s, d0, d1, denom) -> Tensor:
-        one_minus = 1 - xi
-        num = d1 * xi * xi + 2 * s * xi * one_minus + d0 * one_minus * one_minus
-        return 2 * torch.log(s) + torch.log(num) - 2 * torch.log(denom)
-
-    def _map(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        # (g(x) + t, log g'(x)) for x in [-pi, pi)
-        xk, w, yk, h, d, t = self._spline(params)
-        idx = self._bin(xk, x)
-        x0, w0, y0, h0, d0 = self._gather(idx, xk, w, yk, h, d)
-        (d1,) = self._gather(idx + 1, d)
-        s = h0 / w0
-        xi = (x - x0) / w0
-        xi1 = xi * (1 - xi)
-        denom = s + (d0 + d1 - 2 * s) * xi1
-        y = y0 + h0 * (s * xi * xi + d0 * xi1) / denom
-        return y + t, self._log_derivative(xi, s, d0, d1, denom)
-
-    def displacement(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x = wrap(x)
-        y, logd = self._map(x, params)
-        return y - x, logd
-
-    # The fused coupling layers' path: the same map with its derivatives written out. Per site, with
-    # the bin's left knots (x_0, y_0), width w, height h, slope s = h/w, knot derivatives d_0, d_1,
+    # Everything stays parameter-first, (K, *S): each bin is a contiguous slice, so the softmax,
+    # cumulative sums, bin search and gathers are elementwise loops over the sites. Per site, with the
+    # bin's left knots (x_0, y_0), width w, height h, slope s = h/w, knot derivatives d_0, d_1,
     # xi = (x - x_0)/w, D = s + (d_0 + d_1 - 2s) xi (1 - xi), A = s xi^2 + d_0 xi (1 - xi) and
     # N = d_1 xi^2 + 2 s xi (1 - xi) + d_0 (1 - xi)^2:  y = y_0 + h A/D + t, y' = s^2 N/D^2.
 
-    def displacement_with_state(
-        self, x: Tensor, params: Tensor, need_state: bool = True
-    ) -> tuple[Tensor, Tensor, tuple]:
-        # Bin tables stay parameter-first, (K, *S): each bin is a contiguous slice, so the softmax,
-        # cumulative sums, bin search and gathers are elementwise loops over the sites.
+    def _tables(self, params: Tensor) -> tuple[Tensor, ...]:
+        """``(softmax of widths, of heights, widths, heights, raw derivatives, derivatives)``, each ``(K, *S)``."""
         K = self.n_bins
         sm_w = torch.softmax(params[:K], dim=0)
         sm_h = torch.softmax(params[K : 2 * K], dim=0)
@@ -342,35 +288,71 @@ class CircularSpline(CircleMap):
         widths = (sm_w * scale + self.min_bin) * (2 * math.pi)
         heights = (sm_h * scale + self.min_bin) * (2 * math.pi)
         raw_d = params[2 * K : 3 * K] + math.log(math.expm1(1 - self.min_derivative))
-        dvec = F.softplus(raw_d) + self.min_derivative
+        return sm_w, sm_h, widths, heights, raw_d, F.softplus(raw_d) + self.min_derivative
+
+    def _bin(self, sizes: Tensor, value: Tensor, others: Tensor) -> tuple[Tensor, ...]:
+        """The bin of ``value`` on the knots ``-pi + cumsum(sizes)``: ``(bin index (1, *S), index of the
+        next knot's derivative, left knot, size, left knot of the other axis, its size)``."""
+        K = self.n_bins
+        right_knots = torch.cumsum(sizes, dim=0).sub_(math.pi)  # the last one is pi up to round-off
+        idx = (right_knots[:-1] <= value).sum(0, keepdim=True)
+        nxt = torch.where(idx == K - 1, 0, idx + 1)
+        size, other = sizes.gather(0, idx).squeeze(0), others.gather(0, idx).squeeze(0)
+        start = right_knots.gather(0, idx).squeeze(0) - size
+        other_start = torch.cumsum(others, dim=0).gather(0, idx).squeeze(0).sub_(math.pi) - other
+        return idx, nxt, start, size, other_start, other
+
+    @staticmethod
+    def _log_derivative(xi, s, d0, d1, D) -> tuple[Tensor, Tensor]:
+        """``(log y', N)``."""
+        one_minus = 1 - xi
+        N = d1 * xi * xi + 2 * s * xi * one_minus + d0 * one_minus * one_minus
+        return 2 * torch.log(s) + torch.log(N) - 2 * torch.log(D), N
+
+    def displacement(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        d, logd, _ = self.displacement_with_state(x, params, need_state=False)
+        return d, logd
+
+    def displacement_with_state(
+        self, x: Tensor, params: Tensor, need_state: bool = True
+    ) -> tuple[Tensor, Tensor, tuple]:
+        # Plain tensor operations: autograd differentiates them to any order when the inputs require
+        # gradients (the reference path); the fused layers use displacement_vjp instead.
+        sm_w, sm_h, widths, heights, raw_d, dvec = self._tables(params)
         x = wrap(x)
-        xk = torch.cumsum(widths, dim=0).sub_(math.pi)  # right knots; the last one is pi up to round-off
-        idx = (xk[:-1] <= x).sum(0, keepdim=True)  # (1, *S): the bin of x
-        right = torch.where(idx == K - 1, 0, idx + 1)
-
-        def at(table: Tensor, i: Tensor = idx) -> Tensor:
-            return table.gather(0, i).squeeze(0)
-
-        w, h = at(widths), at(heights)
-        x0 = at(xk) - w
-        y0 = at(torch.cumsum(heights, dim=0)).sub_(math.pi) - h
-        d0, d1 = at(dvec), at(dvec, right)
+        idx, nxt, x0, w, y0, h = self._bin(widths, x, heights)
+        d0, d1 = dvec.gather(0, idx).squeeze(0), dvec.gather(0, nxt).squeeze(0)
         s = h / w
         xi = (x - x0) / w
-        one_minus = 1 - xi
-        xi1 = xi * one_minus
+        xi1 = xi * (1 - xi)
         D = s + (d0 + d1 - 2 * s) * xi1
         A = s * xi * xi + d0 * xi1
-        N = d1 * xi * xi + 2 * s * xi1 + d0 * one_minus * one_minus
         disp = y0 + h * A / D + params[-1] - x
-        logd = 2 * torch.log(s) + torch.log(N) - 2 * torch.log(D)
-        state = (idx, right, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd) if need_state else ()
+        logd, N = self._log_derivative(xi, s, d0, d1, D)
+        state = (idx, nxt, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd) if need_state else ()
         return disp, logd, state
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        _, _, widths, heights, _, dvec = self._tables(params)
+        y = wrap(y - params[-1])
+        idx, nxt, y0, h, x0, w = self._bin(heights, y, widths)
+        d0, d1 = dvec.gather(0, idx).squeeze(0), dvec.gather(0, nxt).squeeze(0)
+        s = h / w
+        dy = y - y0
+        c2 = d0 + d1 - 2 * s
+        a = h * (s - d0) + dy * c2
+        b = h * d0 - dy * c2
+        c = -s * dy
+        disc = (b * b - 4 * a * c).clamp(min=0)
+        # The root in [0, 1], written without cancellation (b > 0 where c = 0, and c <= 0).
+        xi = 2 * c / (-b - torch.sqrt(disc))
+        logd, _ = self._log_derivative(xi, s, d0, d1, s + c2 * xi * (1 - xi))
+        return x0 + xi * w, -logd
 
     def displacement_vjp(
         self, x: Tensor, params: Tensor, state: tuple, grad_d: Tensor, grad_logd: Tensor
     ) -> tuple[Tensor, Tensor]:
-        idx, right, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd = state
+        idx, nxt, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd = state
         K = self.n_bins
         gl = grad_logd.expand_as(xi)
         one_minus = 1 - xi
@@ -394,7 +376,7 @@ class CircularSpline(CircleMap):
         here = (bins == idx).to(x.dtype)
         g_widths = below * g_x0 + here * g_w
         g_heights = below * grad_d + here * g_h
-        g_dvec = here * g_d0 + (bins == right).to(x.dtype) * g_d1
+        g_dvec = here * g_d0 + (bins == nxt).to(x.dtype) * g_d1
         scale = 2 * math.pi * (1 - self.min_bin * K)
 
         def softmax_vjp(sm: Tensor, g: Tensor) -> Tensor:
@@ -404,26 +386,3 @@ class CircularSpline(CircleMap):
             [softmax_vjp(sm_w, g_widths), softmax_vjp(sm_h, g_heights), g_dvec * torch.sigmoid(raw_d), grad_d.unsqueeze(0)]
         )
         return -g_x0 - grad_d, g_params
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        y, logd = self._map(wrap(x), params)
-        return wrap(y), logd
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        xk, w, yk, h, d, t = self._spline(params)
-        y = wrap(y - t)
-        idx = self._bin(yk, y)
-        x0, w0, y0, h0, d0 = self._gather(idx, xk, w, yk, h, d)
-        (d1,) = self._gather(idx + 1, d)
-        s = h0 / w0
-        dy = y - y0
-        c2 = d0 + d1 - 2 * s
-        a = h0 * (s - d0) + dy * c2
-        b = h0 * d0 - dy * c2
-        c = -s * dy
-        disc = (b * b - 4 * a * c).clamp(min=0)
-        # The root in [0, 1], written without cancellation (b > 0 where c = 0, and c <= 0).
-        xi = 2 * c / (-b - torch.sqrt(disc))
-        x = x0 + xi * w0
-        denom = s + c2 * xi * (1 - xi)
-        return x, -self._log_derivative(xi, s, d0, d1, denom)
