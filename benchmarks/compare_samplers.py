@@ -19,16 +19,15 @@ Times are wall-clock on this machine (shared and noisy): read ratios, and rerun 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from lattice_flows import Simulation
+from lattice_flows.checkpoint import load_checkpoint
 
 SAMPLERS = ("hmc", "fthmc", "flow_imh")
 
@@ -79,13 +78,10 @@ def build(name: str, checkpoint: str, shape: list[int], args) -> Simulation:
         "observables": ["plaquette", "topological_charge"],
         **run_settings(args, seed=args.seed, sampler=name),
     }
-    sim = Simulation.load(checkpoint, **overrides)
-    if name == "hmc":  # the same theory without the flow
-        spec = sim.to_spec()
-        for key in ("flow", "training"):
-            spec.pop(key, None)
-        sim = Simulation.from_spec(spec)
-    return sim
+    if name == "hmc":  # the checkpoint's theory without its flow: no weights to read
+        saved = {k: v for k, v in load_checkpoint(checkpoint)["spec"].items() if k not in ("flow", "training")}
+        return Simulation.from_spec({**saved, **overrides})
+    return Simulation.load(checkpoint, **overrides)
 
 
 def retrain(checkpoint: str, shape: list[int], minutes: float, out: Path, args) -> tuple[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import attrs
 import pandas as pd

@@ -535,9 +535,9 @@ class PlaquetteCouplingFlow(Flow):
         plan = self._plan(z.device)
         plaq = plaquette_angles(z).permute(1, 2, 0).contiguous()  # (L_0, L_1, B)
         deltas, logdets = [], []
-        frozen = self.input_masks.unbind(0)
+        inputs = self.input_masks.unbind(0)
         for i in range(len(self.labels)):
-            plaq, delta, logdet = self._layer(i, plaq, plan, frozen[i % masks.PERIOD])
+            plaq, delta, logdet = self._layer(i, plaq, plan, inputs[i % masks.PERIOD])
             deltas.append(delta)
             logdets.append(logdet)
         return self._links(z, deltas), torch.stack(logdets).sum(0)
