@@ -40,7 +40,11 @@ def sampler_section(name: str, args) -> dict:
     else:
         return {"name": "flow_imh"}
     integrator = {"name": args.integrator, "step_size": length / steps, "n_steps": steps}
-    return {"name": name, "integrator": integrator, "target_acceptance": args.target_acceptance}
+    section = {"name": name, "integrator": integrator, "target_acceptance": args.target_acceptance}
+    if name == "fthmc" and args.fthmc_inner > 1:  # two time scales: see FTHMC.fast_force
+        integrator.update(name="nested_leapfrog", n_inner=args.fthmc_inner)
+        section["fast_force"] = args.fthmc_fast
+    return section
 
 
 def run_settings(args, seed: int, sampler: str = "") -> dict:
@@ -224,6 +228,9 @@ def main() -> None:
     p.add_argument("--hmc-length", type=float, default=1.0, help="trajectory length of HMC")
     p.add_argument("--fthmc-steps", type=int, default=10)
     p.add_argument("--fthmc-length", type=float, default=1.0, help="trajectory length of FTHMC")
+    p.add_argument("--fthmc-inner", type=int, default=1, help="inner steps of FTHMC's fast force (nested leapfrog)")
+    p.add_argument("--fthmc-fast", default="action", choices=("all", "action", "flow"),
+                   help="which part of FTHMC's latent force takes the inner steps")
     p.add_argument("--target-acceptance", type=float, default=0.8)
     p.add_argument("--retrain-minutes", type=float, default=0.0, help="retrain the flow on each larger lattice first")
     p.add_argument("--dtype", default="float32")

@@ -19,7 +19,7 @@ Example::
     print(sim.summary(table))
 """
 
-from .base import Action, ChainState, Flow, Integrator, Observable, Sampler
+from .base import Action, ChainState, Flow, Integrator, Observable, Sampler, SplitForce
 from .errors import (
     ComponentLoadError,
     DuplicateComponentError,
@@ -40,6 +40,7 @@ __all__ = [
     "Integrator",
     "Observable",
     "Sampler",
+    "SplitForce",
     "Simulation",
     "Registry",
     "ACTIONS",

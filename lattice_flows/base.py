@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .params import integer, real
 
-__all__ = ["autograd_force", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
+__all__ = ["autograd_force", "SplitForce", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
 
 
 def autograd_force(action: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -29,6 +29,22 @@ def autograd_force(action: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         x = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(action(x).sum(), x)
     return grad
+
+
+@attrs.frozen
+class SplitForce:
+    """A force ``dS/dx`` written as ``slow(x) + fast(x)`` for multi-timescale integrators.
+
+    Calling it gives the sum, so every integrator accepts it; a nested integrator (see
+    ``nested_leapfrog``) integrates ``fast`` with a finer step than ``slow``. Which part is put on
+    the fine scale is the sampler's choice: the stiff part, or the cheap one.
+    """
+
+    slow: Callable[[Tensor], Tensor]
+    fast: Callable[[Tensor], Tensor]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.slow(x) + self.fast(x)
 
 
 class Component(abc.ABC):
@@ -180,7 +196,7 @@ class Integrator(Component):
     def integrate(self, x: Tensor, v: Tensor, force: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         """Integrate ``n_steps`` steps from ``(x, v)``; returns the new ``(x, v)``, same shapes.
 
-        ``force(x)`` returns ``dS/dx``. Reversible: integrating from ``(x', -v')`` returns ``(x, -v)``.
+        ``force(x)`` returns ``dS/dx``; it may be a :class:`SplitForce`. Reversible: integrating from ``(x', -v')`` returns ``(x, -v)``.
         """
 
     @property
@@ -205,6 +221,14 @@ class Observable(Component):
 
     def exact(self) -> dict[int, float]:
         """Exact expectation values ``{power: <O^power>}`` where the theory has them; empty otherwise."""
+        return {}
+
+    def exact_distribution(self) -> dict[int, float]:
+        """Exact probabilities ``{value: P(value)}`` of an integer-valued observable where the theory
+        has them (the topological charge of 2D U(1), say); empty otherwise.
+
+        Values with negligible probability may be left out, so the sum is 1 up to that truncation.
+        """
         return {}
 
 

@@ -31,6 +31,7 @@ def u1_spec(sampler, flow, **changes):
 
 
 LEAPFROG = {"name": "leapfrog", "step_size": 0.15, "n_steps": 8}
+NESTED = {"name": "nested_leapfrog", "step_size": 0.3, "n_steps": 4, "n_inner": 3}
 
 
 def test_fthmc_through_the_identity_flow_is_hmc(toy_plugins):
@@ -72,6 +73,25 @@ def test_fthmc_trajectory_is_reversible_through_every_flow(name):
     assert all(p.requires_grad for p in flow.parameters())  # sampling leaves training state alone
 
 
+@pytest.mark.parametrize("fast", ["action", "flow"])
+@pytest.mark.parametrize("name", [n for n in FLOWS.names()])
+def test_fthmc_nested_trajectory_is_reversible_through_every_flow(name, fast):
+    shape = (4, 4)
+    flow = _randomized_flow(name, shape)
+    action = U1Wilson(beta=2.0)
+    integrator = build_component("integrators", NESTED, "test", {})
+    g = torch.Generator().manual_seed(2)
+    z0 = action.sample_prior(2, shape, generator=g, dtype=torch.float64, device="cpu")
+    v0 = torch.randn(z0.shape, generator=g, dtype=torch.float64)
+    force = LatentAction(action, flow).split_force(fast)
+    z1, v1 = integrator.integrate(z0, v0, force)
+    z2, v2 = integrator.integrate(z1, -v1, force)
+    assert torch.allclose(z2, z0, rtol=0, atol=1e-10) and torch.allclose(-v2, v0, rtol=0, atol=1e-10)
+    # The two parts add up to the whole latent force.
+    whole = LatentAction(action, flow).force(z0)
+    assert torch.allclose(force(z0), whole, rtol=0, atol=1e-12)
+
+
 def _check(summary, row, max_error):
     r = summary.loc[row]
     assert r["reliable"], f"{row}: {r['note']}"
@@ -102,7 +122,11 @@ def _untrained_flow_summary(sampler, n_trajectories, weight_scale, beta):
 
 @pytest.mark.parametrize(
     "sampler, weight_scale, beta",
-    [({"name": "fthmc", "integrator": LEAPFROG}, 0.2, 1.5), ({"name": "flow_imh"}, 0.2, 0.3)],
+    [
+        ({"name": "fthmc", "integrator": LEAPFROG}, 0.2, 1.5),
+        ({"name": "fthmc", "integrator": NESTED, "fast_force": "action"}, 0.2, 1.5),
+        ({"name": "flow_imh"}, 0.2, 0.3),
+    ],
 )
 def test_flow_samplers_are_exact_with_an_untrained_flow(sampler, weight_scale, beta):
     summary = _untrained_flow_summary(sampler, 400, weight_scale, beta)

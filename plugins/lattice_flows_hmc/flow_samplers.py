@@ -17,9 +17,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from lattice_flows import Action, ChainState, Flow, Integrator, Sampler
+from lattice_flows import Action, ChainState, Flow, Integrator, Sampler, SplitForce
 from lattice_flows.base import autograd_force
-from lattice_flows.params import component, injected
+from lattice_flows.params import choice, component, injected
 
 from .hmc import kinetic_energy, metropolis, select, target_acceptance, tune_step_size
 
@@ -57,6 +57,25 @@ class LatentAction:
     def force(self, z: Tensor) -> Tensor:
         return autograd_force(self, z)
 
+    def correction_force(self, z: Tensor) -> Tensor:
+        """Force of ``S_f(z) - S(z)``: what the flow adds to the action evaluated at ``z`` itself."""
+        return self.force(z) - self.action.force(z)
+
+    def split_force(self, fast: str):
+        """The force for the integrator; ``fast`` names the part put on the fine time scale.
+
+        - ``"all"``: one force, ``dS_f/dz`` (a nested integrator then puts all of it on the fine scale);
+        - ``"action"``: fast ``dS/dz`` (the original action at ``z``, cheap), slow the flow's correction;
+        - ``"flow"``: fast the flow's correction, slow ``dS/dz``.
+        """
+        if fast == "all":
+            return self.force
+        if fast == "action":
+            return SplitForce(slow=self.correction_force, fast=self.action.force)
+        if fast == "flow":
+            return SplitForce(slow=self.action.force, fast=self.correction_force)
+        raise ValueError(f"fast must be 'all', 'action' or 'flow', got {fast!r}")
+
 
 @attrs.frozen
 class FlowChainState(ChainState):
@@ -75,6 +94,14 @@ class FTHMC(Sampler):
 
     integrator: Integrator = component("integrators", help="molecular-dynamics integrator for the latent field")
     target_acceptance: float = target_acceptance()
+    fast_force: str = choice(
+        ("all", "action", "flow"),
+        default="all",
+        help=(
+            "with a multi-timescale integrator (nested_leapfrog): which part of the latent force gets the fine "
+            "steps; 'action' = the action at z (cheap), 'flow' = what the flow adds to it, 'all' = no split"
+        ),
+    )
     flow: Flow = injected("flow")
 
     def adapt(self, info, iteration):
@@ -91,7 +118,7 @@ class FTHMC(Sampler):
         with _frozen_weights(self.flow):
             v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
             h0 = kinetic_energy(v) + latent(z)
-            z1, v1 = self.integrator.integrate(z, v, latent.force)
+            z1, v1 = self.integrator.integrate(z, v, latent.split_force(self.fast_force))
             with torch.no_grad():
                 delta_H = kinetic_energy(v1) + latent(z1) - h0
                 accepted = metropolis(delta_H, generator)
