@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["GammaResult", "gamma_method", "summarize", "SUMMARY_COLUMNS"]
+__all__ = ["GammaResult", "gamma_method", "normalized_autocorrelation", "summarize", "SUMMARY_COLUMNS"]
 
 #: Columns of the frame returned by :func:`summarize`, in order.
 SUMMARY_COLUMNS = (
@@ -212,6 +212,58 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
         reliable=not note,
         note=note,
     )
+
+
+def normalized_autocorrelation(data, t_max: int | None = None, *, S: float = 1.5) -> np.ndarray:
+    """The normalised autocorrelation function rho(t) = Gamma(t) / Gamma(0), t = 0, ..., t_max.
+
+    Computed exactly as :func:`gamma_method` computes ``GammaResult.gamma``: deviations from the
+    mean over all chains, Gamma(t) pooled over chains (pairs within one chain only, divided by
+    sum_r (N_r - t)), and the bias correction Gamma(t) += C_F(W) / N with Wolff's automatic window W
+    (the ``window`` of :func:`gamma_method` with the same ``S``). So ``rho[:len(res.gamma)]``
+    equals ``res.gamma`` for ``res = gamma_method(data, S=S)``; this function only lets the lags
+    run further, to show how rho(t) decays beyond the window.
+
+    Args:
+        data: Array-like of shape (n_chains, n_samples), Monte Carlo time along axis 1, or one
+            chain of shape (n_samples,); the same as :func:`gamma_method` accepts.
+        t_max: Largest lag, 0 <= t_max <= N_r - 1 (N_r samples per chain). Default N_r // 2, the
+            largest window the Gamma method considers. Lags beyond it rest on few pairs and are noisy.
+        S: Wolff's S_tau, which fixes the window of the bias correction (see :func:`gamma_method`).
+
+    Returns:
+        Float array of shape (t_max + 1,) with rho(0) = 1. For a constant series Gamma(0) = 0 and
+        rho is undefined: every entry is nan.
+
+    Raises:
+        ValueError: For data :func:`gamma_method` rejects, or ``t_max`` outside 0..N_r - 1.
+
+    Example:
+        >>> import numpy as np
+        >>> rho = normalized_autocorrelation(np.random.default_rng(0).normal(size=(4, 1000)), t_max=3)
+        >>> rho.shape, float(rho[0]), bool(np.all(abs(rho[1:]) < 0.1))
+        ((4,), 1.0, True)
+    """
+    S = _check_S(S)
+    x = _as_chains(data)
+    n_per_chain = x.shape[1]
+    w_max = n_per_chain // 2
+    if t_max is None:
+        t_max = w_max
+    if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or not 0 <= t_max <= n_per_chain - 1:
+        raise ValueError(
+            f"t_max must be an integer in 0..N_r - 1 = {n_per_chain - 1} (N_r = {n_per_chain} samples "
+            f"per chain), got {t_max!r}"
+        )
+    t_max = int(t_max)
+    if np.all(x == x.flat[0]):
+        return np.full(t_max + 1, math.nan)
+
+    gamma = _autocovariance(x - x.mean(), max(t_max, w_max))
+    window, _ = _automatic_window(gamma[: w_max + 1], S, x.size)
+    c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()
+    gamma = gamma[: t_max + 1] + c_f / x.size
+    return gamma / gamma[0]
 
 
 def summarize(

@@ -71,6 +71,11 @@ class TopologicalCharge(_U1Observable):
         beta = self._wilson_beta()
         return {} if beta is None else {1: 0.0, 2: exact.topological_charge_squared(beta, self.lattice_shape)}
 
+    def exact_distribution(self) -> dict[int, float]:
+        """Exact ``P(Q = q)`` for the Wilson action (``q`` with ``P > 1e-15``, increasing); empty otherwise."""
+        beta = self._wilson_beta()
+        return {} if beta is None else exact.topological_charge_distribution(beta, self.lattice_shape)
+
 
 @attrs.frozen(kw_only=True)
 class ActionDensity(_U1Observable):
