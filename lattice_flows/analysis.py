@@ -309,6 +309,10 @@ def summarize(
         * ``accepted`` (bool or 0/1): analysed as it is, so its mean is the
           acceptance rate and its error accounts for autocorrelation.
 
+        A ``delta_H`` with non-finite values (a trajectory whose energy diverged)
+        gets its plain mean, no error, ``reliable`` false and a note saying how many;
+        non-finite values of any other quantity raise.
+
     Raises:
         ValueError: If a named column is missing or not numeric, the table is
             empty, (chain, order) pairs repeat, chains have unequal lengths (the
@@ -397,6 +401,15 @@ def summarize(
     rows = {}
     for name, values in quantities.items():
         values = np.asarray(values)
+        finite = np.isfinite(values.astype(float))
+        if name in ("delta_H", "exp(-delta_H)") and not finite.all():
+            # a trajectory whose energy diverged is a sampler's outcome, not a bug: report, don't fail
+            rows[name] = {
+                "mean": float(np.mean(values.astype(float))), "error": math.nan, "tau_int": math.nan,
+                "tau_int_error": math.nan, "window": 0, "n_samples": values.size, "reliable": False,
+                "note": f"{values.size - int(finite.sum())} of {values.size} values are not finite; no error estimate",
+            }
+            continue
         try:
             res = gamma_method(values.reshape(n_chains, n_per_chain), S=S)
         except ValueError as exc:

@@ -8,23 +8,28 @@ a pandas table, :meth:`Simulation.summary` analyses it (:mod:`lattice_flows.anal
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import attrs
 import numpy as np
 import pandas as pd
 import torch
 
-from . import analysis
+from . import analysis, distributed
 from .base import Action, Flow, Observable, Sampler
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
-from .errors import SpecError
+from .errors import LatticeFlowsError, SpecError
 from .params import choice, integer
+from .progress import progress_bar
 from .registry import OBSERVABLES
 from .training import TrainingError, TrainingSettings, sample_flow, train_flow
 from .spec import build_component, build_from_params, check_table, component_spec, params_of, spec_fields
 
-__all__ = ["Simulation", "RunSettings", "SPEC_KEYS"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Simulation", "RunSettings", "RunInterrupted", "SPEC_KEYS"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -72,6 +77,19 @@ class RunSettings:
     start: str = choice(("hot", "cold"), help="initial fields: 'hot' draws from the prior, 'cold' is ordered", default="hot")
 
 
+def _to_cpu(value: Any) -> Any:
+    return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
+class RunInterrupted(LatticeFlowsError):
+    """A run stopped on request (Ctrl-C) after ``done`` of ``total`` updates; its checkpoint is saved."""
+
+    def __init__(self, done: int, total: int, checkpoint: Path | None):
+        self.done, self.total, self.checkpoint = done, total, checkpoint
+        where = f"; the chains are saved in {checkpoint}" if checkpoint is not None else ""
+        super().__init__(f"interrupted after {done} of {total} updates{where}")
+
+
 #: Top-level keys of a spec, in the order :meth:`Simulation.to_spec` writes them.
 SPEC_KEYS = ("lattice", "action", "flow", "training", "sampler", "observables") + tuple(
     f.name for f in attrs.fields(RunSettings)
@@ -80,6 +98,8 @@ _SETTINGS_KEYS = tuple(f.name for f in attrs.fields(RunSettings))
 
 #: Offset of the training generator's seed from the run's, so training and sampling draw different streams.
 TRAINING_SEED_OFFSET = 1 << 40
+#: Offset of the seed of a new flow's initial weights from the run's.
+FLOW_INIT_SEED_OFFSET = 1 << 41
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -142,7 +162,12 @@ class Simulation:
 
         flow = None
         if spec.get("flow") is not None:
-            flow = cls._build_flow(spec["flow"], action, context)
+            # the initial weights follow the spec's seed (not torch's global generator), so that the
+            # same spec gives the same flow in every process: reruns, resumed runs, and every rank
+            seed = spec.get("seed", 0) if isinstance(spec.get("seed", 0), int) else 0
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((seed + FLOW_INIT_SEED_OFFSET) % 2**63)
+                flow = cls._build_flow(spec["flow"], action, context)
             context["flow"] = flow
         training = None
         if spec.get("training") is not None:
@@ -304,15 +329,33 @@ class Simulation:
 
     def _training_generator(self) -> torch.Generator:
         if self._train_generator is None:
-            self._train_generator = torch.Generator(device=self.device).manual_seed(self.settings.seed + TRAINING_SEED_OFFSET)
+            seed = distributed.rank_seed(self.settings.seed + TRAINING_SEED_OFFSET)
+            self._train_generator = torch.Generator(device=self.device).manual_seed(seed)
         return self._train_generator
 
-    def train(self, *, progress: bool | None = None, pause_at_seconds: float | None = None) -> pd.DataFrame:
+    @property
+    def training_done(self) -> bool:
+        """Whether the flow has used its whole training budget (``n_steps`` or ``max_seconds``)."""
+        if self.training is None:
+            return True
+        if self.history is None or not len(self.history):
+            return False
+        last = self.history.iloc[-1]
+        return self.training.progress(int(last["step"]) + 1, float(last["seconds"])) >= 1.0
+
+    def train(
+        self,
+        *,
+        progress: bool | None = None,
+        pause_at_seconds: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> pd.DataFrame:
         """Train the flow (reverse KL) up to ``training.n_steps`` steps; returns the whole history.
 
         A loaded checkpoint continues where it stopped. ``progress``: a tqdm bar (default: only
         when standard error is a terminal). ``pause_at_seconds``: return once the cumulative training
         time reaches this, leaving the schedule as it is (to measure along the way; a later call goes on).
+        ``should_stop()``: asked after each step; training returns early when it is true.
         """
         flow = self._require_flow("training")
         settings = self.training or TrainingSettings()
@@ -329,6 +372,7 @@ class Simulation:
                 history=self.history,
                 progress=progress,
                 pause_at_seconds=pause_at_seconds,
+                should_stop=should_stop,
             )
         except TrainingError as exc:
             self.history = exc.history
@@ -339,14 +383,21 @@ class Simulation:
         """Write the spec, the flow's weights, optimizer and training-RNG state, and the training history.
 
         The write is atomic: ``path`` is the previous checkpoint or the complete new one, never a part.
+        Under several ranks every rank must call it (the ranks' training-RNG states are gathered);
+        only rank 0 writes.
         """
         flow = self._require_flow("a checkpoint")
+        rng = self._train_generator.get_state() if self._train_generator is not None else None
+        rngs = distributed.all_gather_objects(rng)
+        if not distributed.is_main():
+            return
         save_atomic(
             {
                 "spec": self.to_spec(),
                 "flow": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
                 "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
-                "training_rng": self._train_generator.get_state() if self._train_generator is not None else None,
+                # one state per rank, so that every rank of a resumed run continues its own stream
+                "training_rng": None if rng is None else rngs,
                 "history": None if self.history is None else self.history.to_dict("list"),
             },
             path,
@@ -379,8 +430,17 @@ class Simulation:
             raise CheckpointError(f"{path}: the flow's weights do not fit the spec's flow: {exc}") from None
         if data.get("optimizer") is not None:
             sim.optimizer().load_state_dict(data["optimizer"])
-        if data.get("training_rng") is not None and sim.device.type == "cpu":
-            sim._training_generator().set_state(data["training_rng"])
+        rngs = data.get("training_rng")
+        if isinstance(rngs, torch.Tensor):  # written by a single process before per-rank states
+            rngs = [rngs]
+        if rngs is not None and sim.device.type == "cpu":
+            if len(rngs) == distributed.world_size():
+                sim._training_generator().set_state(rngs[distributed.rank()])
+            else:
+                log.warning(
+                    "%s: training RNG states of %d ranks, but %d ranks now: training continues with fresh streams",
+                    path, len(rngs), distributed.world_size(),
+                )
         if data.get("history") is not None:
             sim.history = pd.DataFrame(data["history"])
         return sim
@@ -389,21 +449,27 @@ class Simulation:
 
     @property
     def device(self) -> torch.device:
+        """The spec's device; under several ranks ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
         if self.settings.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.settings.device)
+            return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return distributed.local_device(torch.device(self.settings.device))
 
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.settings.dtype]
 
     def generator(self) -> torch.Generator:
-        """A fresh generator on the run's device, seeded with the spec's seed."""
-        return torch.Generator(device=self.device).manual_seed(self.settings.seed)
+        """A fresh generator on the run's device, seeded with the spec's seed (rank ``r`` > 0: see
+        :func:`lattice_flows.distributed.rank_seed`)."""
+        return torch.Generator(device=self.device).manual_seed(distributed.rank_seed(self.settings.seed))
+
+    def local_chains(self) -> range:
+        """The chain ids this process runs: all of them, or this rank's block under several ranks."""
+        return distributed.chain_range(self.settings.n_chains)
 
     def initial_fields(self, generator: torch.Generator) -> torch.Tensor:
-        """Starting fields for every chain, ``(n_chains, *field_shape)``."""
-        n, kw = self.settings.n_chains, {"dtype": self.dtype, "device": self.device}
+        """Starting fields for this process's chains, ``(len(local_chains()), *field_shape)``."""
+        n, kw = len(self.local_chains()), {"dtype": self.dtype, "device": self.device}
         if self.settings.start == "cold":
             return self.action.cold_start(n, self.lattice_shape, **kw)
         return self.action.sample_prior(n, self.lattice_shape, generator=generator, **kw)
@@ -412,8 +478,22 @@ class Simulation:
         """Every observable on the batch ``x``: ``{column: (B,)}``."""
         return {column: obs(x) for column, obs in self.observables.items()}
 
+    def _context(self) -> dict[str, Any]:
+        context: dict[str, Any] = {"lattice_shape": self.lattice_shape, "action": self.action}
+        if self.flow is not None:
+            context["flow"] = self.flow
+        return context
+
     @torch.no_grad()
-    def run(self, initial: torch.Tensor | None = None) -> pd.DataFrame:
+    def run(
+        self,
+        initial: torch.Tensor | None = None,
+        *,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 100,
+        progress: bool | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> pd.DataFrame:
         """Thermalize, then sample; one row per chain and measured trajectory.
 
         ``initial``: fields to start the chains from, ``(n_chains, *field_shape)`` (for example
@@ -423,34 +503,118 @@ class Simulation:
         ``delta_H``, whatever else the sampler reports, then one column per observable. Rows are
         ordered by chain, then trajectory. ``table.attrs["sampler"]`` is the sampler's spec section
         as it ran the measured trajectories (a tuned step size shows there).
+
+        ``checkpoint``: a file for the chains' state. It is written (atomically) every
+        ``checkpoint_every`` updates and at the end; if it exists when the run starts, the run
+        continues from it, so that on the CPU the table is row for row the one an uninterrupted run
+        gives. It holds the fields (and the sampler's other state, such as FTHMC's latent field),
+        the generator's state, the sampler as tuned so far and the measurements so far.
+        ``should_stop()``: asked after every update; when true, the checkpoint is written and
+        :class:`RunInterrupted` raised. ``progress``: a tqdm bar with the running acceptance and
+        ``delta_H`` (default: only when standard error is a terminal).
         """
-        generator = self.generator()
-        sampler = self.sampler
-        if initial is None:
-            initial = self.initial_fields(generator)
+        n_therm, n_traj = self.settings.n_thermalization, self.settings.n_trajectories
+        total = n_therm + n_traj
+        chains = self.local_chains()
+        checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if checkpoint is not None and checkpoint.exists():
+            generator, sampler, state, done, records = self._resume(checkpoint)
         else:
-            expected = (self.settings.n_chains, *self.action.field_shape(self.lattice_shape))
-            if tuple(initial.shape) != expected:
-                raise ValueError(f"run(initial=...): expected fields of shape {expected} (n_chains, *field_shape), got {tuple(initial.shape)}")
-            initial = initial.to(device=self.device, dtype=self.dtype)
-        state = sampler.init(initial, self.action)
-        for t in range(self.settings.n_thermalization):
-            state, info = sampler.step(state, self.action, generator)
-            sampler = sampler.adapt(info, t)  # tuning (a step size, say) only while thermalizing
-        records: dict[str, list[torch.Tensor]] = {}
-        for _ in range(self.settings.n_trajectories):
-            state, info = sampler.step(state, self.action, generator)
-            for key, value in {**info, **self.measure(state.x)}.items():
-                records.setdefault(key, []).append(value)
-        table = self._table(records)
+            generator = self.generator()
+            sampler = self.sampler
+            if initial is None:
+                initial = self.initial_fields(generator)
+            else:
+                expected = (self.settings.n_chains, *self.action.field_shape(self.lattice_shape))
+                if tuple(initial.shape) != expected:
+                    raise ValueError(
+                        f"run(initial=...): expected fields of shape {expected} (n_chains, *field_shape), got {tuple(initial.shape)}"
+                    )
+                initial = initial[chains.start : chains.stop].to(device=self.device, dtype=self.dtype)
+            state = sampler.init(initial, self.action)
+            done, records = 0, {}
+
+        def save():
+            if checkpoint is not None:
+                self._save_chains(checkpoint, generator, sampler, state, done, records)
+
+        progress = progress if distributed.is_main() else False
+        bar = progress_bar(total, done, progress, desc="thermalizing" if done < n_therm else "sampling", unit="traj")
+        try:
+            while done < total:
+                state, info = sampler.step(state, self.action, generator)
+                if done < n_therm:
+                    sampler = sampler.adapt(info, done)  # tuning (a step size, say) only while thermalizing
+                else:
+                    for key, value in {**info, **self.measure(state.x)}.items():
+                        records.setdefault(key, []).append(value)
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_description("thermalizing" if done < n_therm else "sampling", refresh=False)
+                    bar.set_postfix(
+                        acc=f"{info['accepted'].float().mean().item():.2f}",
+                        dH=f"{info['delta_H'].float().mean().item():.3g}",
+                        refresh=False,
+                    )
+                if done < total and checkpoint is not None and done % checkpoint_every == 0:
+                    save()
+                if done < total and should_stop is not None and distributed.any_rank(should_stop()):
+                    save()
+                    raise RunInterrupted(done, total, checkpoint)
+        finally:
+            if bar is not None:
+                bar.close()
+        save()
+        table = self._table(records, chains)
+        if distributed.is_distributed():  # the one table of all chains, on every rank
+            table = pd.concat(distributed.all_gather_objects(table), ignore_index=True)
         table.attrs["sampler"] = component_spec("samplers", sampler)  # as tuned during thermalization
         return table
 
-    def _table(self, records: dict[str, list[torch.Tensor]]) -> pd.DataFrame:
-        n_chains, n_traj = self.settings.n_chains, self.settings.n_trajectories
+    def _save_chains(self, path: Path, generator, sampler: Sampler, state, done: int, records) -> None:
+        """Write the chains checkpoint; under several ranks, every rank's part into rank 0's one file."""
+        part = {
+            "generator": generator.get_state(),
+            "sampler": component_spec("samplers", sampler),
+            "state": {f.name: _to_cpu(getattr(state, f.name)) for f in attrs.fields(type(state))},
+            "records": {key: torch.stack(values).cpu() for key, values in records.items()},
+        }
+        parts = distributed.all_gather_objects(part)
+        if distributed.is_main():
+            save_atomic({"kind": "chains", "spec": self.to_spec(), "updates_done": done, "ranks": parts}, path)
+
+    def _resume(self, path: Path):
+        data = load_checkpoint(path)
+        if data.get("kind") != "chains":
+            raise CheckpointError(f"{path}: not a chains checkpoint (it holds {data.get('kind', 'a flow')!r})")
+        if len(data["ranks"]) != distributed.world_size():
+            raise CheckpointError(
+                f"{path}: the chains were run by {len(data['ranks'])} processes; resume with as many (now {distributed.world_size()})"
+            )
+        part = data["ranks"][distributed.rank()]
+        saved = data["spec"]
+        mine = self.to_spec()
+        if saved != mine:
+            keys = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            raise CheckpointError(
+                f"{path}: the chains checkpoint was written by another spec (differs in {', '.join(keys)}); "
+                "start a new run instead"
+            )
+        sampler = build_component("samplers", part["sampler"], f"{path}: sampler", self._context())
+        fields = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in part["state"].items()}
+        state = sampler.init(fields["x"], self.action)
+        state = attrs.evolve(state, **fields)
+        generator = torch.Generator(device=self.device)
+        generator.set_state(part["generator"])
+        records = {key: list(values.to(self.device).unbind(0)) for key, values in part["records"].items()}
+        return generator, sampler, state, int(data["updates_done"]), records
+
+    def _table(self, records: dict[str, list[torch.Tensor]], chains: range) -> pd.DataFrame:
+        n_traj = self.settings.n_trajectories
         columns: dict[str, Any] = {
-            "chain": np.repeat(np.arange(n_chains), n_traj),
-            "trajectory": np.tile(np.arange(n_traj), n_chains),
+            "chain": np.repeat(np.arange(chains.start, chains.stop), n_traj),
+            "trajectory": np.tile(np.arange(n_traj), len(chains)),
         }
         for key, values in records.items():
             # (n_traj, n_chains) -> chain-major rows

@@ -9,18 +9,19 @@ size of the batch, ``ESS = (sum w)^2 / (N sum w^2)`` with ``log w = -S - log q``
 from __future__ import annotations
 
 import math
-import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import attrs
 import pandas as pd
 import torch
 from torch import Tensor
 
+from . import distributed
 from .base import Action, Flow
 from .errors import LatticeFlowsError
 from .params import choice, integer, real
+from .progress import progress_bar
 
 __all__ = ["TrainingSettings", "TrainingError", "sample_flow", "effective_sample_size", "train_flow", "HISTORY_COLUMNS"]
 
@@ -82,10 +83,21 @@ class TrainingSettings:
 
 
 def sample_flow(
-    flow: Flow, action: Action, lattice_shape: Sequence[int], n: int, *, generator: torch.Generator, dtype, device
+    flow: Flow,
+    action: Action,
+    lattice_shape: Sequence[int],
+    n: int,
+    *,
+    generator: torch.Generator | Sequence[torch.Generator],
+    dtype,
+    device,
 ) -> tuple[Tensor, Tensor]:
-    """``n`` fields ``x = f(z)``, ``z ~ r``, and ``log q(x)``: ``(n, *field_shape)`` and ``(n,)``."""
-    z = action.sample_prior(n, lattice_shape, generator=generator, dtype=dtype, device=device)
+    """``n`` fields ``x = f(z)``, ``z ~ r``, and ``log q(x)``: ``(n, *field_shape)`` and ``(n,)``.
+
+    With a sequence of ``k`` generators, ``n`` priors are drawn from each and concatenated: ``k n`` fields.
+    """
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    z = torch.cat([action.sample_prior(n, lattice_shape, generator=g, dtype=dtype, device=device) for g in generators])
     x, logdet = flow(z)
     return x, action.prior_log_prob(z) - logdet
 
@@ -95,16 +107,6 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.shape[0]
 
 
-def _progress_bar(total: int, initial: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True)
-
-
 def train_flow(
     flow: Flow,
     action: Action,
@@ -112,12 +114,13 @@ def train_flow(
     settings: TrainingSettings,
     *,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     dtype: torch.dtype,
     device: torch.device,
     history: pd.DataFrame | None = None,
     progress: bool | None = None,
     pause_at_seconds: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> pd.DataFrame:
     """Train ``flow`` in place from ``len(history)`` up to ``settings.n_steps`` steps (or until the
     cumulative training time reaches ``settings.max_seconds``); returns the full history.
@@ -128,6 +131,14 @@ def train_flow(
     skipped; ``settings.max_bad_steps`` of them in a row raise :class:`TrainingError`. The step's
     numbers reach the host once per step, for the history row. ``pause_at_seconds`` also stops at
     that cumulative time, without entering the learning-rate schedule (which follows ``settings``).
+    ``should_stop()``, asked after every step, ends training early when true (Ctrl-C in the CLI).
+
+    Batches: ``settings.batch_size`` prior draws from ``generator`` (from each, for a sequence).
+    Under ``torch.distributed`` (:mod:`lattice_flows.distributed`) the flow is wrapped in
+    ``DistributedDataParallel``: each rank draws its own batch from its own generator, the gradients
+    are averaged over the ranks (the gradient of the mean loss over the global batch), and the
+    ``loss`` and ``ess`` recorded are those of the global batch, the same on every rank. A run of
+    ``k`` ranks with batch ``b`` thus follows a single process given the ``k`` ranks' generators.
     """
     rows = [] if history is None else history.to_dict("records")
     start_step = len(rows)
@@ -135,7 +146,13 @@ def train_flow(
     params = [p for p in flow.parameters() if p.requires_grad]
     clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
     bad_in_a_row = 0
-    bar = _progress_bar(settings.n_steps, start_step, progress)
+    bar = progress_bar(settings.n_steps, start_step, progress if distributed.is_main() else False, desc="training", unit="step")
+    model = flow
+    if distributed.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        # broadcasts rank 0's weights now, averages the gradients in backward()
+        model = DistributedDataParallel(flow, device_ids=[device.index] if device.type == "cuda" else None)
     flow.train()
     try:
         for step in range(start_step, settings.n_steps):
@@ -149,15 +166,16 @@ def train_flow(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             x, log_q = sample_flow(
-                flow, action, lattice_shape, settings.batch_size, generator=generator, dtype=dtype, device=device
+                model, action, lattice_shape, settings.batch_size, generator=generator, dtype=dtype, device=device
             )
             s = action(x)
             loss = (log_q + s).mean()
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             with torch.no_grad():
-                ess = effective_sample_size(-(s + log_q))
-                loss_v, ess_v, grad_v = torch.stack([loss.detach(), ess, grad_norm.to(loss.dtype)]).tolist()
+                ess = effective_sample_size(distributed.all_gather_tensor(-(s + log_q).detach()))
+                global_loss = distributed.mean_over_ranks(loss.detach())
+                loss_v, ess_v, grad_v = torch.stack([global_loss, ess, grad_norm.to(loss.dtype)]).tolist()
             finite = math.isfinite(loss_v) and math.isfinite(grad_v)
             if finite:
                 optimizer.step()
@@ -165,7 +183,8 @@ def train_flow(
             else:
                 optimizer.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
-            elapsed += time.perf_counter() - t0
+            # the ranks' mean step time, so that the time budget and schedule agree on every rank
+            elapsed += float(distributed.mean_over_ranks(torch.tensor(time.perf_counter() - t0, dtype=torch.float64)))
             rows.append(
                 {"step": step, "loss": loss_v, "ess": ess_v, "lr": lr, "grad_norm": grad_v, "seconds": elapsed, "skipped": not finite}
             )
@@ -179,6 +198,8 @@ def train_flow(
                     "set training.grad_clip, or check the action and flow",
                     history=pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)),
                 )
+            if should_stop is not None and distributed.any_rank(should_stop()):
+                break
     finally:
         if bar is not None:
             bar.close()

@@ -411,3 +411,14 @@ def test_summarize_duplicate_rows_and_nan_name_the_problem():
 def test_doctests():
     failures, attempted = doctest.testmod(analysis, raise_on_error=False)
     assert attempted > 0 and failures == 0
+
+
+def test_summarize_reports_a_diverged_trajectory_without_failing():
+    t = pd.DataFrame(
+        {"chain": [0] * 4 + [1] * 4, "trajectory": list(range(4)) * 2,
+         "delta_H": [0.1, -0.2, np.inf, 0.0, 0.3, 0.1, -0.1, 0.2], "plaquette": [0.5, 0.6, 0.55, 0.52, 0.58, 0.61, 0.5, 0.54]}
+    )
+    out = summarize(t)
+    assert not out.loc["delta_H", "reliable"] and "1 of 8 values are not finite" in out.loc["delta_H", "note"]
+    assert np.isnan(out.loc["delta_H", "error"])
+    assert np.isfinite(out.loc["exp(-delta_H)", "mean"]) and np.isfinite(out.loc["plaquette", "error"])

@@ -114,8 +114,8 @@ def test_run_from_given_fields():
         ({"bogus": 1}, r"spec: unknown key 'bogus'; accepted: lattice, action, flow, training, sampler, observables, n_chains"),
         ({"action": {"name": "u1_wilson", "bta": 3.0}}, r"spec\['action'\]: unknown parameter 'bta' for u1_wilson; accepted: beta"),
         ({"action": {"name": "u1_wilson"}}, r"spec\['action'\]: missing parameter 'beta' for u1_wilson"),
-        ({"action": {"name": "u1_wilsn", "beta": 1.0}}, r"spec\['action'\]: unknown action 'u1_wilsn'; available actions: u1_wilson"),
-        ({"action": {"beta": 1.0}}, r"spec\['action'\]: missing key 'name'; available actions: u1_wilson"),
+        ({"action": {"name": "u1_wilsn", "beta": 1.0}}, r"spec\['action'\]: unknown action 'u1_wilsn'; available actions: (\w+, )*u1_wilson"),
+        ({"action": {"beta": 1.0}}, r"spec\['action'\]: missing key 'name'; available actions: (\w+, )*u1_wilson"),
         ({"action": {"name": "u1_wilson", "beta": -1.0}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got -1.0"),
         ({"action": {"name": "u1_wilson", "beta": 0}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got 0.0"),
         ({"action": {"name": "u1_wilson", "beta": "3"}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got '3' \(str\)"),
@@ -130,13 +130,13 @@ def test_run_from_given_fields():
             r"spec\['sampler'\]\['integrator'\]\['n_steps'\]: expected an integer >= 1, got 2.0 \(float\)",
         ),
         ({"sampler": {"name": "hmc"}}, r"spec\['sampler'\]: missing parameter 'integrator' for hmc"),
-        ({"sampler": {"name": "hmc", "integrator": "verlet"}}, r"spec\['sampler'\]\['integrator'\]: unknown integrator 'verlet'; available integrators: leapfrog, omelyan"),
+        ({"sampler": {"name": "hmc", "integrator": "verlet"}}, r"spec\['sampler'\]\['integrator'\]: unknown integrator 'verlet'; available integrators: leapfrog, nested_leapfrog, omelyan"),
         ({"sampler": {"name": "hmc", "integrator": {"name": "omelyan", "step_size": 0.1, "n_steps": 2, "lam": 0.7}}}, r"\['lam'\]: expected a number > 0.0 and < 0.5, got 0.7"),
         ({"lattice": {"shape": [4, 0]}}, r"spec\['lattice'\]\['shape'\]: expected a list of positive integers"),
         ({"lattice": {"shape": [4, 4, 4]}}, r"spec\['lattice'\]\['shape'\]: u1_wilson is a 2D theory"),
         ({"lattice": {"shape": [4, 4], "boundary": "periodic"}}, r"spec\['lattice'\]: unknown key 'boundary'; accepted: shape"),
         ({"lattice": {}}, r"spec\['lattice'\]: missing key 'shape'"),
-        ({"observables": ["plaquete"]}, r"spec\['observables'\]\[0\]: unknown observable 'plaquete'; available observables: action_density, plaquette"),
+        ({"observables": ["plaquete"]}, r"spec\['observables'\]\[0\]: unknown observable 'plaquete'; available observables: (\w+, )*action_density, (\w+, )*plaquette"),
         ({"observables": "plaquette"}, r"spec\['observables'\]: expected a list"),
         ({"observables": ["plaquette", "plaquette"]}, r"column name 'plaquette' is used twice"),
         ({"observables": [{"name": "wilson_loop", "R": 2}]}, r"spec\['observables'\]\[0\]: missing parameter 'T' for wilson_loop"),
@@ -220,11 +220,11 @@ def test_default_spec_is_valid():
 def test_cli_run_prints_summary_with_exact_values(tmp_path, capsys):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(small_spec(n_trajectories=50)))
-    assert main(["run", str(path), "--set", "n_chains=2", "--table", str(tmp_path / "t.csv")]) == 0
+    assert main(["run", str(path), "--set", "n_chains=2", "--out", str(tmp_path / "run"), "--csv", "--quiet"]) == 0
     out = capsys.readouterr().out
     for word in ("plaquette", "topological_charge^2", "exp(-delta_H)", "exact", "tau_int"):
         assert word in out
-    assert len(pd.read_csv(tmp_path / "t.csv")) == 100
+    assert len(pd.read_csv(tmp_path / "run" / "table.csv")) == 100
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):

@@ -8,7 +8,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from lattice_flows import Action, ChainState, Integrator, Sampler
+from lattice_flows import Action, ChainState, Integrator, Sampler, distributed
 from lattice_flows.params import component, real
 
 __all__ = ["HMC", "kinetic_energy", "metropolis", "select", "tune_step_size", "target_acceptance"]
@@ -28,11 +28,14 @@ def tune_step_size(sampler, info: dict[str, Tensor], iteration: int):
     """``sampler`` with its integrator's step size moved toward ``sampler.target_acceptance``.
 
     Robbins-Monro on ``log step_size`` with gain ``1/sqrt(iteration + 1)``, driven by the mean
-    Metropolis probability ``min(1, exp(-delta_H))`` over the chains (less noisy than the accept flags).
+    Metropolis probability ``min(1, exp(-delta_H))`` over the chains (less noisy than the accept flags),
+    over all ranks' chains when several processes run (so that every rank tunes to the same step size).
     """
     if not sampler.target_acceptance:
         return sampler
-    probability = torch.exp(-info["delta_H"]).clamp(max=1.0).nan_to_num(0.0).mean().item()
+    p = torch.exp(-info["delta_H"]).clamp(max=1.0).nan_to_num(0.0)
+    total, count = distributed.mean_over_ranks(torch.stack([p.sum(), torch.tensor(float(p.numel()), dtype=p.dtype, device=p.device)]))
+    probability = (total / count).item()
     factor = math.exp((probability - sampler.target_acceptance) / math.sqrt(iteration + 1))
     integrator = attrs.evolve(sampler.integrator, step_size=sampler.integrator.step_size * factor)
     return attrs.evolve(sampler, integrator=integrator)
