@@ -373,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(getattr(args, "quiet", False))
     try:
         return args.func(args)
+    except BrokenPipeError:  # the output went to `head` or a closed pager: not an error
+        sys.stderr.close()
+        return 0
     except (LatticeFlowsError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split())  # one line, whatever the exception's text
         print(f"lattice-flows: error: {message}", file=sys.stderr)

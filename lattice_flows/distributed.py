@@ -99,7 +99,11 @@ def rank_seed(seed: int, r: int | None = None) -> int:
 
 
 def chain_range(n_chains: int, r: int | None = None, size: int | None = None) -> range:
-    """The chain ids rank ``r`` runs: ``n_chains`` split into contiguous, nearly equal blocks."""
+    """The chain ids rank ``r`` runs: ``n_chains`` split into contiguous, nearly equal blocks.
+
+    >>> [chain_range(10, r, size=3) for r in range(3)]
+    [range(0, 4), range(4, 7), range(7, 10)]
+    """
     r = rank() if r is None else r
     size = world_size() if size is None else size
     if n_chains < size:

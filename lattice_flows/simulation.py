@@ -539,6 +539,7 @@ class Simulation:
                 self._save_chains(checkpoint, generator, sampler, state, done, records)
 
         progress = progress if distributed.is_main() else False
+        accepted_sum, accepted_n = 0.0, 0
         bar = progress_bar(total, done, progress, desc="thermalizing" if done < n_therm else "sampling", unit="traj")
         try:
             while done < total:
@@ -549,14 +550,14 @@ class Simulation:
                     for key, value in {**info, **self.measure(state.x)}.items():
                         records.setdefault(key, []).append(value)
                 done += 1
-                if bar is not None:
+                if bar is not None:  # running acceptance of this phase, and the last update's mean delta_H
+                    if done == n_therm + 1 or done == 1:
+                        accepted_sum, accepted_n = 0.0, 0
+                    accepted_sum += info["accepted"].float().sum().item()
+                    accepted_n += info["accepted"].numel()
                     bar.update(1)
                     bar.set_description("thermalizing" if done < n_therm else "sampling", refresh=False)
-                    bar.set_postfix(
-                        acc=f"{info['accepted'].float().mean().item():.2f}",
-                        dH=f"{info['delta_H'].float().mean().item():.3g}",
-                        refresh=False,
-                    )
+                    bar.set_postfix(acc=f"{accepted_sum / accepted_n:.3f}", dH=f"{info['delta_H'].float().mean().item():.3g}", refresh=False)
                 if done < total and checkpoint is not None and done % checkpoint_every == 0:
                     save()
                 if done < total and should_stop is not None and distributed.any_rank(should_stop()):

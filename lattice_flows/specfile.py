@@ -55,6 +55,11 @@ def apply_overrides(spec: dict[str, Any], assignments: Iterable[str]) -> dict[st
     """A copy of ``spec`` with ``key.path=value`` assignments applied (values parsed as JSON when they can be).
 
     ``action.beta=3`` sets ``spec["action"]["beta"] = 3``; intermediate tables are created as needed.
+
+    >>> apply_overrides({"action": {"name": "u1_wilson", "beta": 2.0}}, ["action.beta=3", "lattice.shape=[8, 8]"])
+    {'action': {'name': 'u1_wilson', 'beta': 3}, 'lattice': {'shape': [8, 8]}}
+    >>> apply_overrides({}, ["sampler.name=hmc"])  # not JSON: kept as a string
+    {'sampler': {'name': 'hmc'}}
     """
     spec = copy.deepcopy(spec)
     for assignment in assignments:

@@ -103,7 +103,15 @@ def sample_flow(
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
-    """``(sum w)^2 / (N sum w^2)`` in ``(0, 1]`` from log-weights ``(N,)``, computed in log space."""
+    """``(sum w)^2 / (N sum w^2)`` in ``(0, 1]`` from log-weights ``(N,)``, computed in log space.
+
+    Equal weights give 1; one weight dominating gives ``1/N``:
+
+    >>> float(effective_sample_size(torch.zeros(8)))
+    1.0
+    >>> round(float(effective_sample_size(torch.tensor([0.0, -50.0, -50.0, -50.0]))), 6)
+    0.25
+    """
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.shape[0]
 
 
