@@ -60,6 +60,14 @@ class TrainingSettings:
     max_bad_steps: int = integer(
         help="non-finite loss or gradient this many steps in a row stops training with an error", default=20, ge=1
     )
+    force_penalty: float = real(
+        help=(
+            "add this times the mean squared latent force <|dS_f/dz|^2>/n_dof (S_f = S(f(z)) - log det J) to the "
+            "loss, to train gentler forces for FTHMC; costs a double backward; 0 turns it off"
+        ),
+        default=0.0,
+        ge=0.0,
+    )
 
     def progress(self, step: int, seconds: float = 0.0) -> float:
         """Fraction of the training budget spent before step ``step`` (0-based) after ``seconds`` of
@@ -96,10 +104,26 @@ def sample_flow(
 
     With a sequence of ``k`` generators, ``n`` priors are drawn from each and concatenated: ``k n`` fields.
     """
-    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
-    z = torch.cat([action.sample_prior(n, lattice_shape, generator=g, dtype=dtype, device=device) for g in generators])
+    z = draw_prior(action, lattice_shape, n, generator=generator, dtype=dtype, device=device)
     x, logdet = flow(z)
     return x, action.prior_log_prob(z) - logdet
+
+
+def draw_prior(action: Action, lattice_shape: Sequence[int], n: int, *, generator, dtype, device) -> Tensor:
+    """``n`` prior fields from each of the generator(s), concatenated: ``(k n, *field_shape)``."""
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    return torch.cat([action.sample_prior(n, lattice_shape, generator=g, dtype=dtype, device=device) for g in generators])
+
+
+def latent_force_penalty(flow, action: Action, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, log_q, penalty)`` for prior fields ``z``: the flow's output, its log-density, and
+    ``mean_b |dS_f/dz|^2 / n_dof`` with ``S_f(z) = S(f(z)) - log|det J_f(z)|``, differentiable in the
+    weights (the gradient in ``z`` is taken with ``create_graph``)."""
+    z = z.detach().requires_grad_(True)
+    x, logdet = flow(z)
+    latent = action(x) - logdet
+    (force,) = torch.autograd.grad(latent.sum(), z, create_graph=True)
+    return x, action.prior_log_prob(z) - logdet, force.square().flatten(1).mean(1).mean()
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
@@ -173,12 +197,17 @@ def train_flow(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            x, log_q = sample_flow(
-                model, action, lattice_shape, settings.batch_size, generator=generator, dtype=dtype, device=device
-            )
+            if settings.force_penalty:
+                z = draw_prior(action, lattice_shape, settings.batch_size, generator=generator, dtype=dtype, device=device)
+                x, log_q, penalty = latent_force_penalty(model, action, z)
+            else:
+                x, log_q = sample_flow(
+                    model, action, lattice_shape, settings.batch_size, generator=generator, dtype=dtype, device=device
+                )
+                penalty = 0.0
             s = action(x)
-            loss = (log_q + s).mean()
-            loss.backward()
+            loss = (log_q + s).mean()  # the reverse KL up to log Z: what the history records
+            (loss + settings.force_penalty * penalty).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             with torch.no_grad():
                 ess = effective_sample_size(distributed.all_gather_tensor(-(s + log_q).detach()))

@@ -59,6 +59,23 @@ def test_training_reaches_the_known_optimum(toy_plugins):
     assert float(x.std()) == pytest.approx(SIGMA, rel=0.05)
 
 
+def test_force_penalty_moves_the_optimum_where_the_algebra_says(toy_plugins):
+    # x = e^a z + b on S = x^2/(2 sigma^2): per configuration KL = V (e^{2a}/(2 sigma^2) - a) + const, and
+    # the penalty <|dS_f/dz|^2>/dof = e^{2a}(e^{2a} + b^2)/sigma^4. With u = e^{2a}/sigma^2 and b = 0 the
+    # minimum of KL + lam * penalty solves V (u - 1) + 4 lam u^2 = 0.
+    lam, V = 1.5, 6
+    u = (-V + math.sqrt(V**2 + 16 * lam * V)) / (8 * lam)
+    training = {"n_steps": 400, "batch_size": 256, "lr": 0.05, "schedule": "cosine", "force_penalty": lam}
+    sim = Simulation.from_spec(gaussian_spec(training=training))
+    history = sim.train(progress=False)
+    assert sim.flow.log_scale.item() == pytest.approx(0.5 * math.log(u) + math.log(SIGMA), abs=0.03)
+    assert sim.flow.log_scale.item() < math.log(SIGMA) - 0.1  # away from the KL optimum
+    # the history records the reverse KL alone
+    a = sim.flow.log_scale.item()
+    kl = V * (math.exp(2 * a) / (2 * SIGMA**2) - a) - (V / 2) * (1 + math.log(2 * math.pi))
+    assert history["loss"].iloc[-50:].mean() == pytest.approx(kl, abs=0.1)
+
+
 def test_cosine_schedule_and_clipping(toy_plugins):
     sim = Simulation.from_spec(gaussian_spec(training={"n_steps": 20, "lr": 0.1, "schedule": "cosine", "grad_clip": 0.5}))
     history = sim.train(progress=False)
