@@ -57,7 +57,7 @@ def main() -> None:
         sim.train(progress=False)
         quality = sim.flow_quality(args.n_eval, torch.Generator().manual_seed(1))
         z = draw_prior(sim.action, sim.lattice_shape, 256, generator=torch.Generator().manual_seed(2), dtype=sim.dtype, device=sim.device)
-        force2 = float(latent_force_penalty(sim.flow, sim.action, z)[2])
+        force2 = float(latent_force_penalty(sim.flow, sim.action, z)[2].detach())
         step, acc = tuned_step(sim, args)
         print(f"{penalty:>8.3g} {len(sim.history) - steps_before:>6} {quality['loss']:>9.3f} {quality['ess']:>6.3f} "
               f"{force2:>12.3f} {step:>10.4f} {acc:>5.2f}", flush=True)
