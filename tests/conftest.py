@@ -31,6 +31,12 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
+def pytest_configure(config):
+    # The tests' tensors are tiny: one CPU thread is as fast as several on an idle machine, and many
+    # times faster on a shared, busy one (threads waiting for a busy core). LATTICE_FLOWS_TEST_THREADS overrides.
+    torch.set_num_threads(int(os.environ.get("LATTICE_FLOWS_TEST_THREADS", "1")))
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
         return
