@@ -90,6 +90,28 @@ def launch(n: int, args) -> dict:
     return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
 
 
+def launch_independent(n: int, args) -> dict:
+    """``n`` single processes at once, no process group: what the machine gives ``n`` processes at all."""
+    cmd = [
+        sys.executable, __file__, "--worker", "--threads", str(args.threads), "--batch", str(args.batch),
+        "--steps", str(args.steps), "--chains", str(args.chains), "--trajectories", str(args.trajectories),
+        "--repeats", str(args.repeats), "--device", args.device,
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    rows = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"independent process failed:\n{err[-3000:]}")
+        rows.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
+    return {
+        "train_steps_per_s": statistics.mean(r["train_steps_per_s"] for r in rows),
+        "trajectories_per_s": sum(r["trajectories_per_s"] for r in rows),
+    }
+
+
 def figure(rows: list[dict], path: Path) -> None:
     try:
         from matplotlib.figure import Figure
@@ -101,9 +123,11 @@ def figure(rows: list[dict], path: Path) -> None:
     n = [r["processes"] for r in rows]
     ax1.plot(n, [r["train_steps_per_s"] for r in rows], "o-", label="measured")
     ax1.plot(n, [rows[0]["train_steps_per_s"]] * len(n), "k--", lw=0.8, label="ideal (constant)")
+    ax1.plot(n, [r["independent"]["train_steps_per_s"] for r in rows], "s:", color="gray", label="N independent processes")
     ax1.set(xlabel="processes", ylabel="training steps / s", title="training (per-rank batch fixed)")
     ax2.plot(n, [r["trajectories_per_s"] for r in rows], "o-", label="measured")
     ax2.plot(n, [rows[0]["trajectories_per_s"] * k for k in n], "k--", lw=0.8, label="ideal (linear)")
+    ax2.plot(n, [r["independent"]["trajectories_per_s"] for r in rows], "s:", color="gray", label="N independent processes")
     ax2.set(xlabel="processes", ylabel="chain trajectories / s", title="HMC sampling (per-rank chains fixed)")
     for ax in (ax1, ax2):
         ax.set_xticks(n)
@@ -131,16 +155,24 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    rows = [launch(n, args) for n in args.processes]
-    print(f"{'processes':>9} {'train steps/s':>13} {'global batch':>12} {'traj/s':>10} {'chains':>6} {'train eff.':>10} {'sample eff.':>11}")
+    rows = []
+    for n in args.processes:
+        row = launch(n, args)
+        row["independent"] = launch_independent(n, args)
+        rows.append(row)
+    print(f"{'processes':>9} {'train steps/s':>13} {'global batch':>12} {'traj/s':>10} {'chains':>6} {'train eff.':>10} "
+          f"{'sample eff.':>11} {'indep. steps/s':>14} {'indep. traj/s':>13}")
     for r in rows:
         k = r["processes"] / rows[0]["processes"]
         print(
             f"{r['processes']:>9} {r['train_steps_per_s']:>13.2f} {r['global_batch']:>12} {r['trajectories_per_s']:>10.0f} "
             f"{r['chains']:>6} {r['train_steps_per_s'] / rows[0]['train_steps_per_s']:>10.2f} "
-            f"{r['trajectories_per_s'] / (k * rows[0]['trajectories_per_s']):>11.2f}"
+            f"{r['trajectories_per_s'] / (k * rows[0]['trajectories_per_s']):>11.2f} "
+            f"{r['independent']['train_steps_per_s']:>14.2f} {r['independent']['trajectories_per_s']:>13.0f}"
         )
     print("# efficiency: steps/s relative to 1 process (training), trajectories/s relative to N x 1 process (sampling)")
+    print("# indep.: N single processes at once without a process group (mean steps/s each, total traj/s): the machine's")
+    print("#   own limit for N processes; the distributed runs' shortfall beyond it is the communication")
     figure(rows, Path(args.out))
 
 
