@@ -202,6 +202,10 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 def _job(args: argparse.Namespace, *, train: bool, sample: bool) -> int:
+    if args.threads < 0:
+        raise LatticeFlowsError(f"--threads: expected 0 (torch's default) or a positive number, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if distributed.init_from_environment(args.backend):
         log.info("process %d of %d (backend %s)", distributed.rank(), distributed.world_size(), torch.distributed.get_backend())
     sim, name = resolve(args)
@@ -306,6 +310,11 @@ def _job_parser(sub, name: str, help: str, description: str, *, spec_help: str, 
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<spec file name>, runs/default for the built-in job)")
     p.add_argument("--resume", action="store_true", help="continue the run in an existing run folder (same spec)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines (errors and the summary still show)")
+    p.add_argument(
+        "--threads", type=int, default=1, metavar="N",
+        help="CPU threads of torch per process (default 1: the batches are small, and extra threads stall on a busy "
+        "machine; 0 = torch's default)",
+    )
     p.add_argument(
         "--backend", choices=distributed.BACKENDS,
         help="torch.distributed backend under torchrun (default: nccl with CUDA, else gloo)",
