@@ -27,6 +27,7 @@ import pandas as pd
 
 from .checkpoint import write_atomic
 from .errors import LatticeFlowsError
+from .spec import differing_keys
 
 __all__ = ["RunFolder", "RunFolderError"]
 
@@ -78,9 +79,9 @@ class RunFolder:
                 )
             saved = folder.read_spec()
             if saved != spec:
-                keys = sorted(k for k in set(saved) | set(spec) if saved.get(k) != spec.get(k))
                 raise RunFolderError(
-                    f"{folder.path}: the folder's run was made with another spec (differs in {', '.join(keys)}); "
+                    f"{folder.path}: the folder's run was made with another spec "
+                    f"(differs in {', '.join(differing_keys(saved, spec))}); "
                     "resume it with the same spec, or choose another --out"
                 )
             return folder

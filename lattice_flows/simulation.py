@@ -25,7 +25,7 @@ from .params import choice, integer
 from .progress import progress_bar
 from .registry import OBSERVABLES
 from .training import TrainingError, TrainingSettings, sample_flow, train_flow
-from .spec import build_component, build_from_params, check_table, component_spec, params_of, spec_fields
+from .spec import build_component, build_from_params, check_table, component_spec, differing_keys, params_of, spec_fields
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ class Simulation:
         flow = sim._require_flow("loading a checkpoint")
         new_flow = sim.to_spec()["flow"]
         if new_flow != saved["flow"]:
-            keys = sorted(k for k in set(new_flow) | set(saved["flow"]) if new_flow.get(k) != saved["flow"].get(k))
+            keys = differing_keys(saved["flow"], new_flow)
             diffs = "; ".join(f"{k}: checkpoint {saved['flow'].get(k)!r}, spec {new_flow.get(k)!r}" for k in keys)
             raise CheckpointError(f"{path}: the checkpoint's flow does not match the spec's ({diffs})")
         try:
@@ -597,9 +597,8 @@ class Simulation:
         saved = data["spec"]
         mine = self.to_spec()
         if saved != mine:
-            keys = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             raise CheckpointError(
-                f"{path}: the chains checkpoint was written by another spec (differs in {', '.join(keys)}); "
+                f"{path}: the chains checkpoint was written by another spec (differs in {', '.join(differing_keys(saved, mine))}); "
                 "start a new run instead"
             )
         sampler = build_component("samplers", part["sampler"], f"{path}: sampler", self._context())

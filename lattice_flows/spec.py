@@ -14,7 +14,18 @@ import attrs
 
 from .errors import ParameterError, SpecError, UnknownComponentError
 
-__all__ = ["spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table"]
+__all__ = [
+    "spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table", "differing_keys",
+]
+
+
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two spec tables (missing counts as ``None``), sorted.
+
+    >>> differing_keys({"seed": 1, "n_chains": 4}, {"seed": 2, "n_chains": 4, "dtype": "float32"})
+    ['dtype', 'seed']
+    """
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def check_table(value: Any, path: str, what: str) -> Mapping[str, Any]:
