@@ -124,30 +124,24 @@ def _anharmonic_force(x):
     return x**3 - 0.6 * torch.sin(2 * x)
 
 
+#: The same anharmonic force, whole and as a SplitForce (every integrator takes one; multi-timescale
+#: integrators put its parts on their own scales).
+FORCES = {
+    "whole": _anharmonic_force,
+    "split": SplitForce(slow=lambda x: x**3, fast=lambda x: -0.6 * torch.sin(2 * x)),
+}
+
+
+@pytest.mark.parametrize("force", FORCES)
 @pytest.mark.parametrize("name", INTEGRATOR_NAMES)
 @given(seed=st.integers(0, 2**31 - 1), n_steps=st.integers(1, 20), step_size=st.floats(0.01, 0.2))
-def test_integrator_reversible_to_round_off(name, seed, n_steps, step_size, device):
+def test_integrator_reversible_to_round_off(name, force, seed, n_steps, step_size, device):
     integrator = _integrator(name, step_size=step_size, n_steps=n_steps)
     g = torch.Generator(device=device).manual_seed(seed)
     x0 = torch.randn((3, 5, 4), generator=g, dtype=torch.float64, device=device)
     v0 = torch.randn((3, 5, 4), generator=g, dtype=torch.float64, device=device)
-    x1, v1 = integrator.integrate(x0, v0, _anharmonic_force)
-    x2, v2 = integrator.integrate(x1, -v1, _anharmonic_force)
-    assert torch.allclose(x2, x0, rtol=0, atol=1e-11)
-    assert torch.allclose(-v2, v0, rtol=0, atol=1e-11)
-
-
-@pytest.mark.parametrize("name", INTEGRATOR_NAMES)
-@given(seed=st.integers(0, 2**31 - 1), n_steps=st.integers(1, 10), step_size=st.floats(0.01, 0.2))
-def test_integrator_reversible_with_a_split_force(name, seed, n_steps, step_size, device):
-    # Every integrator takes a SplitForce; multi-timescale ones integrate its parts on their own scales.
-    integrator = _integrator(name, step_size=step_size, n_steps=n_steps)
-    force = SplitForce(slow=lambda x: x**3, fast=lambda x: -0.6 * torch.sin(2 * x))
-    g = torch.Generator(device=device).manual_seed(seed)
-    x0 = torch.randn((3, 5, 4), generator=g, dtype=torch.float64, device=device)
-    v0 = torch.randn((3, 5, 4), generator=g, dtype=torch.float64, device=device)
-    x1, v1 = integrator.integrate(x0, v0, force)
-    x2, v2 = integrator.integrate(x1, -v1, force)
+    x1, v1 = integrator.integrate(x0, v0, FORCES[force])
+    x2, v2 = integrator.integrate(x1, -v1, FORCES[force])
     assert torch.allclose(x2, x0, rtol=0, atol=1e-11)
     assert torch.allclose(-v2, v0, rtol=0, atol=1e-11)
 
