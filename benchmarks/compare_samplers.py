@@ -250,7 +250,8 @@ def main() -> None:
     training_s = float(history["seconds"].iloc[-1]) if history is not None and len(history) else 0.0
     trained_shape = list(base.lattice_shape)
     print(f"# {args.checkpoint}: flow {json.dumps(base.to_spec()['flow'])}")
-    print(f"# trained on {trained_shape} at beta = {beta}: {len(history)} steps, {training_s:.0f} s")
+    steps = len(history) if history is not None else 0
+    print(f"# trained on {trained_shape} at beta = {beta}: {steps} steps, {training_s:.0f} s")
 
     tables: dict = {}
     all_rows = []
