@@ -141,3 +141,20 @@ def test_fthmc_through_the_von_mises_start_moves_topology_where_hmc_is_frozen():
         changes[name] = int((q.diff().abs() > 0.5).sum().sum())
     assert changes["hmc"] <= 2, changes
     assert changes["fthmc"] >= 40, changes
+
+
+def test_the_infinite_volume_map_is_a_good_proposal_at_beta_6():
+    """latent_beta = 0 is exact in infinite volume; on 8x8 only the global shift c is off: ESS 0.3.
+
+    The reweighting factor ``exp(-S(f(z)) + log det)`` on 4096 uniform ``z``: its ESS fraction is above
+    0.15 (0.30 measured on 8192 samples).
+    """
+    from lattice_flows_u1.action import U1Wilson
+
+    flow = _flow((8, 8), n_bins=128, von_mises_beta=6.0)
+    z = (torch.rand(4096, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1) * math.pi
+    with torch.no_grad():
+        x, logdet = flow(z)
+        log_w = logdet - U1Wilson(beta=6.0)(x)
+    w = torch.exp(log_w - log_w.max())
+    assert float(w.sum() ** 2 / (w * w).sum()) / len(w) > 0.15
