@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from ..geometry import wrap
 
-__all__ = ["CircleMap", "NCP", "CircularSpline"]
+__all__ = ["CircleMap", "NCP", "CircularSpline", "rational_quadratic_root"]
 
 
 class CircleMap(abc.ABC):
@@ -254,6 +254,21 @@ class _NCPDisplacement(torch.autograd.Function):
         return grad_x, grad_params, None
 
 
+def rational_quadratic_root(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
+    """``xi`` in ``[0, 1]`` where a rational-quadratic bin rises by ``dy``: the inverse of one bin.
+
+    The bin has height ``h``, slope ``s = h / w`` and knot derivatives ``d0, d1``; its value at ``xi`` is
+    ``h (s xi^2 + d0 xi (1 - xi)) / (s + (d0 + d1 - 2 s) xi (1 - xi))`` (Durkan et al., arXiv:1906.04032).
+    """
+    c2 = d0 + d1 - 2 * s
+    a = h * (s - d0) + dy * c2
+    b = h * d0 - dy * c2
+    c = -s * dy
+    disc = (b * b - 4 * a * c).clamp(min=0)
+    # The root in [0, 1], written without cancellation (b > 0 where c = 0, and c <= 0).
+    return 2 * c / (-b - torch.sqrt(disc))
+
+
 @attrs.frozen(kw_only=True)
 class CircularSpline(CircleMap):
     """A circular rational-quadratic spline with ``n_bins`` bins on ``[-pi, pi]``, then a shift ``t``.
@@ -338,15 +353,8 @@ class CircularSpline(CircleMap):
         idx, nxt, y0, h, x0, w = self._bin(heights, y, widths)
         d0, d1 = dvec.gather(0, idx).squeeze(0), dvec.gather(0, nxt).squeeze(0)
         s = h / w
-        dy = y - y0
-        c2 = d0 + d1 - 2 * s
-        a = h * (s - d0) + dy * c2
-        b = h * d0 - dy * c2
-        c = -s * dy
-        disc = (b * b - 4 * a * c).clamp(min=0)
-        # The root in [0, 1], written without cancellation (b > 0 where c = 0, and c <= 0).
-        xi = 2 * c / (-b - torch.sqrt(disc))
-        logd, _ = self._log_derivative(xi, s, d0, d1, s + c2 * xi * (1 - xi))
+        xi = rational_quadratic_root(y - y0, h, s, d0, d1)
+        logd, _ = self._log_derivative(xi, s, d0, d1, s + (d0 + d1 - 2 * s) * xi * (1 - xi))
         return x0 + xi * w, -logd
 
     def displacement_vjp(

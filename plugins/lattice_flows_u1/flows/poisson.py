@@ -58,6 +58,7 @@ from lattice_flows import Flow
 from lattice_flows.params import integer, real
 
 from ..geometry import plaquette_angles, shift, wrap
+from .circle_maps import CircularSpline, rational_quadratic_root
 
 __all__ = ["PlaquettePoissonFlow", "SharedCircleSpline", "von_mises_spline_logits", "coulomb_links"]
 
@@ -123,42 +124,30 @@ class SharedCircleSpline(nn.Module):
         return knots(w), knots(h), w, h, torch.cat([d, d[:1]])
 
     @staticmethod
-    def _bin(edges: Tensor, value: Tensor) -> Tensor:
-        """Index of the bin of ``value`` on the knots ``edges`` ``(K + 1,)``, clamped to ``0 .. K - 1``."""
-        return torch.searchsorted(edges[1:-1].contiguous(), value.detach().contiguous(), right=True)
-
-    @staticmethod
-    def _log_slope(xi, s, d0, d1, D) -> Tensor:
-        one_minus = 1 - xi
-        N = d1 * xi * xi + 2 * s * xi * one_minus + d0 * one_minus * one_minus
-        return 2 * torch.log(s) + torch.log(N) - 2 * torch.log(D)
+    def _bin(tables: tuple[Tensor, ...], value: Tensor, axis: int) -> tuple[Tensor, ...]:
+        """``(x_0, y_0, w, h, d_0, d_1)`` of the bin holding ``value``; ``axis`` 0 searches the ``u`` knots, 1 the ``theta`` knots."""
+        ux, uy, w, h, d = tables
+        edges = (ux, uy)[axis]
+        k = torch.searchsorted(edges[1:-1].contiguous(), value.detach().contiguous(), right=True)
+        return ux[k], uy[k], w[k], h[k], d[k], d[k + 1]
 
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        ux, uy, w, h, d = self.tables(u.dtype, u.device)
         u = wrap(u)
-        k = self._bin(ux, u)
-        x0, y0, wk, hk, d0, d1 = ux[k], uy[k], w[k], h[k], d[k], d[k + 1]
+        x0, y0, wk, hk, d0, d1 = self._bin(self.tables(u.dtype, u.device), u, 0)
         s = hk / wk
         xi = ((u - x0) / wk).clamp(0, 1)
         xi1 = xi * (1 - xi)
         D = s + (d0 + d1 - 2 * s) * xi1
         theta = y0 + hk * (s * xi * xi + d0 * xi1) / D
-        return theta, self._log_slope(xi, s, d0, d1, D)
+        return theta, CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
 
     def inverse(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        ux, uy, w, h, d = self.tables(theta.dtype, theta.device)
         theta = wrap(theta)
-        k = self._bin(uy, theta)
-        x0, y0, wk, hk, d0, d1 = ux[k], uy[k], w[k], h[k], d[k], d[k + 1]
+        x0, y0, wk, hk, d0, d1 = self._bin(self.tables(theta.dtype, theta.device), theta, 1)
         s = hk / wk
-        dy = theta - y0
-        c2 = d0 + d1 - 2 * s
-        a = hk * (s - d0) + dy * c2
-        b = hk * d0 - dy * c2
-        c = -s * dy
-        disc = (b * b - 4 * a * c).clamp(min=0)
-        xi = (2 * c / (-b - torch.sqrt(disc))).clamp(0, 1)  # the root in [0, 1], without cancellation
-        return x0 + xi * wk, self._log_slope(xi, s, d0, d1, s + c2 * xi * (1 - xi))
+        xi = rational_quadratic_root(theta - y0, hk, s, d0, d1).clamp(0, 1)
+        D = s + (d0 + d1 - 2 * s) * xi * (1 - xi)
+        return x0 + xi * wk, CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
 
 
 def _inverse_laplacian(lattice_shape: Sequence[int], dtype=torch.float64) -> Tensor:
