@@ -98,8 +98,8 @@ class SharedCircleSpline(nn.Module):
     """One rational-quadratic spline ``h`` of the circle, applied elementwise to angles of any shape.
 
     Parameters (each ``(n_bins,)``): ``width_logits`` and ``height_logits`` (bin sizes are
-    ``2 pi softmax``), and ``log_slopes`` (the derivatives at the knots ``-pi .. `` ; the one at
-    ``pi`` is the one at ``-pi``, so ``h`` is ``C^1`` on the circle). ``h(±pi) = ±pi``. All zeros is
+    ``2 pi softmax``), and ``log_slopes`` (the logs of the derivatives at the knots from ``-pi`` on;
+    the one at ``pi`` is the one at ``-pi``, so ``h`` is ``C^1`` on the circle). ``h(±pi) = ±pi``. All zeros is
     the identity. ``forward(u) -> (h(u), log h'(u))`` and ``inverse(theta) -> (h^{-1}(theta), log h'(h^{-1}(theta)))``
     take angles in ``[-pi, pi)`` (any real input is wrapped first) and return angles in ``[-pi, pi]``.
     The formulas are those of Durkan et al., arXiv:1906.04032 (see :class:`.circle_maps.CircularSpline`).
@@ -251,13 +251,12 @@ class PlaquettePoissonFlow(Flow):
         r = moved - moved.mean(dim=(1, 2), keepdim=True)
         return wrap(z + self._shift_links(r)), self._logdet(log_slope)
 
-    def _residual(self, c: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(g(c), g'(c), theta, u)`` for the plaquettes ``p`` of ``x`` and shifts ``c`` ``(B, 1, 1)``."""
+    def _residual(self, c: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        """``(g(c), g'(c))`` for the plaquettes ``p`` of ``x`` and shifts ``c`` ``(B, 1, 1)``."""
         theta = wrap(p + c)
         u, log_slope = self.spline.inverse(theta)
         g = c - (theta - u).mean(dim=(1, 2), keepdim=True)
-        slope = torch.exp(-log_slope).mean(dim=(1, 2), keepdim=True)
-        return g, slope, theta, u
+        return g, torch.exp(-log_slope).mean(dim=(1, 2), keepdim=True)
 
     def inverse(self, x: Tensor, *, max_iterations: int | None = None) -> tuple[Tensor, Tensor]:
         """``(z, log|det dz/dx|)``. Raises ``RuntimeError`` if the shift ``c`` has not converged.
@@ -275,7 +274,7 @@ class PlaquettePoissonFlow(Flow):
             hi = p.new_full((p.shape[0], 1, 1), math.pi)
             c = torch.zeros_like(lo)
             for _ in range(cap):
-                g, slope, _, _ = self._residual(c, p)
+                g, slope = self._residual(c, p)
                 if bool((g.abs() <= tol).all()):
                     break
                 lo = torch.where(g < 0, c, lo)
@@ -283,7 +282,7 @@ class PlaquettePoissonFlow(Flow):
                 newton = c - g / slope
                 c = torch.where((newton > lo) & (newton < hi), newton, 0.5 * (lo + hi))
             else:
-                g, _, _, _ = self._residual(c, p)
+                g, _ = self._residual(c, p)
                 worst = float(g.abs().max())
                 if worst > tol:
                     raise RuntimeError(
