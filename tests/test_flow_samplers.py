@@ -6,11 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
+from exact_checks import check_against_exact as _check
 from lattice_flows import ACTIONS, FLOWS, Simulation
 from lattice_flows.spec import build_component
 from lattice_flows_hmc.flow_samplers import FTHMC, LatentAction
-
-PULL = 4.0
 
 
 def u1_spec(sampler, flow, **changes):
@@ -99,13 +98,6 @@ def test_fthmc_nested_trajectory_is_reversible_through_every_flow(name, fast):
     # The two parts add up to the whole latent force.
     whole = LatentAction(action, flow).force(z0)
     assert torch.allclose(force(z0), whole, rtol=0, atol=1e-12)
-
-
-def _check(summary, row, max_error):
-    r = summary.loc[row]
-    assert r["reliable"], f"{row}: {r['note']}"
-    assert r["error"] < max_error, f"{row}: error {r['error']:.3g}"
-    assert abs(r["mean"] - r["exact"]) < PULL * r["error"], f"{row}: pull {r['pull']:.2f}"
 
 
 def _untrained_flow_summary(sampler, n_trajectories, weight_scale, beta):

@@ -13,13 +13,11 @@ import math
 import pytest
 import torch
 
+from exact_checks import check_against_exact
 from lattice_flows import Simulation
 from lattice_flows_u1.exact_sampling import sample_exact
 from lattice_flows_u1.flows.poisson import PlaquettePoissonFlow, coulomb_links
 from lattice_flows_u1.geometry import plaquette_angles, random_gauge_transform, wrap
-
-PULL = 4.0
-
 
 def _flow(shape, **config):
     return PlaquettePoissonFlow(PlaquettePoissonFlow.Config(**config), shape).double()
@@ -119,10 +117,7 @@ def test_fthmc_through_the_von_mises_start_reproduces_the_exact_values():
     sim = Simulation.from_spec(_fthmc_spec(3.0, (6, 6), {"n_bins": 64, "von_mises_beta": 3.0, "latent_beta": 1.0}, 300, step_size=0.05, n_steps=12))
     summary = sim.summary(sim.run())
     for row, max_error in [("plaquette", 0.004), ("topological_charge^2", 0.1), ("exp(-delta_H)", 0.05)]:
-        r = summary.loc[row]
-        assert r["reliable"], f"{row}: {r['note']}"
-        assert r["error"] < max_error, f"{row}: error {r['error']:.3g}"
-        assert abs(r["mean"] - r["exact"]) < PULL * r["error"], f"{row}: pull {r['pull']:.2f}"
+        check_against_exact(summary, row, max_error)
     assert summary.loc["accepted", "mean"] > 0.6
 
 
