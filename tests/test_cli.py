@@ -137,7 +137,6 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(workdir, how):
         interrupted.send_signal(signal.SIGKILL)
         interrupted.communicate(timeout=120)
     assert not (workdir / "cut" / "table.parquet").exists()
-    done = pd.read_parquet  # noqa: F841 (readability below)
     resumed = _launch(["run", str(spec), "--quiet", "--out", "cut", "--resume"], workdir)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
