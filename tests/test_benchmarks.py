@@ -44,3 +44,20 @@ def test_compare_samplers_runs_on_a_tiny_flow(tmp_path, monkeypatch, capsys):
     assert list(table["sampler"]) == ["hmc", "fthmc", "flow_imh"]
     assert table["Q^2 exact"].notna().all() and (table["s/traj"] > 0).all()
     assert (out / "spec_fthmc_4x4.json").exists()
+
+
+def test_poisson_start_runs_every_command(tmp_path, monkeypatch, capsys):
+    common = ["poisson_start.py", "--beta", "2.0", "--n-bins", "8", "--chains", "2", "--thermalization", "1",
+              "--trajectories", "2", "--n-steps", "2"]
+    for command in (["scan", "--shape", "4", "--latent-betas", "0", "1"], ["residue", "--n-bins", "8"],
+                    ["ess", "--shapes", "4", "--batches", "1"], ["save", str(tmp_path / "start.pt")]):
+        monkeypatch.setattr(sys, "argv", common + command)
+        _script("poisson_start").main()
+    out = capsys.readouterr().out
+    assert "latent_beta acceptance" in out and "ESS" in out and "saved the untrained flow" in out
+    # an untrained checkpoint (no training history) goes through the comparison
+    argv = ["compare_samplers.py", str(tmp_path / "start.pt"), "--shapes", "4", "--samplers", "fthmc", "--chains", "2",
+            "--thermalization", "2", "--trajectories", "4", "--dtype", "float64", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    _script("compare_samplers").main()
+    assert "trained on [8, 8] at beta = 2.0: 0 steps, 0 s" in capsys.readouterr().out
