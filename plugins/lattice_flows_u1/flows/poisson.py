@@ -57,8 +57,8 @@ from torch import Tensor, nn
 from lattice_flows import Flow
 from lattice_flows.params import integer, real
 
-from ..geometry import plaquette_angles, shift, wrap
-from .circle_maps import CircularSpline, rational_quadratic_root
+from ..geometry import plaquette_angles, shift
+from .circle_maps import CircularSpline, rational_quadratic_root, wrap_exact
 
 __all__ = ["PlaquettePoissonFlow", "SharedCircleSpline", "von_mises_spline_logits", "coulomb_links"]
 
@@ -101,7 +101,10 @@ class SharedCircleSpline(nn.Module):
     ``2 pi softmax``), and ``log_slopes`` (the logs of the derivatives at the knots from ``-pi`` on;
     the one at ``pi`` is the one at ``-pi``, so ``h`` is ``C^1`` on the circle). ``h(±pi) = ±pi``. All zeros is
     the identity. ``forward(u) -> (h(u), log h'(u))`` and ``inverse(theta) -> (h^{-1}(theta), log h'(h^{-1}(theta)))``
-    take angles in ``[-pi, pi)`` (any real input is wrapped first) and return angles in ``[-pi, pi]``.
+    take angles in ``[-pi, pi)`` (any real input is wrapped first, by :func:`.circle_maps.wrap_exact`) and
+    return angles in the closed ``[-pi, pi]``, exactly (``pi`` rounded to the dtype): ``h(u)`` for ``u`` just
+    below ``pi`` may round to ``pi`` itself, and is kept there rather than wrapped to ``-pi``, so that
+    ``h(u) - u`` stays continuous (the flow spreads that difference over the lattice).
     The formulas are those of Durkan et al., arXiv:1906.04032 (see :class:`.circle_maps.CircularSpline`).
     """
 
@@ -131,23 +134,29 @@ class SharedCircleSpline(nn.Module):
         k = torch.searchsorted(edges[1:-1].contiguous(), value.detach().contiguous(), right=True)
         return ux[k], uy[k], w[k], h[k], d[k], d[k + 1]
 
+    @staticmethod
+    def _closed(angle: Tensor) -> Tensor:
+        """``angle`` (in ``[-pi, pi]`` up to the round-off of a knot) clamped into ``[-pi, pi]`` of its dtype."""
+        pi = float(torch.tensor(math.pi, dtype=angle.dtype))
+        return angle.clamp(-pi, pi)
+
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        u = wrap(u)
+        u = wrap_exact(u)
         x0, y0, wk, hk, d0, d1 = self._bin(self.tables(u.dtype, u.device), u, 0)
         s = hk / wk
         xi = ((u - x0) / wk).clamp(0, 1)
         xi1 = xi * (1 - xi)
         D = s + (d0 + d1 - 2 * s) * xi1
         theta = y0 + hk * (s * xi * xi + d0 * xi1) / D
-        return theta, CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
+        return self._closed(theta), CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
 
     def inverse(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        theta = wrap(theta)
+        theta = wrap_exact(theta)
         x0, y0, wk, hk, d0, d1 = self._bin(self.tables(theta.dtype, theta.device), theta, 1)
         s = hk / wk
         xi = rational_quadratic_root(theta - y0, hk, s, d0, d1).clamp(0, 1)
         D = s + (d0 + d1 - 2 * s) * xi * (1 - xi)
-        return x0 + xi * wk, CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
+        return self._closed(x0 + xi * wk), CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
 
 
 def _inverse_laplacian(lattice_shape: Sequence[int], dtype=torch.float64) -> Tensor:
@@ -177,8 +186,8 @@ class PlaquettePoissonFlow(Flow):
     """Every plaquette through one learned circle map, the links through a Poisson solve; see the module docstring.
 
     ``forward(z) -> (x, log|det dx/dz|)``, ``inverse(x) -> (z, log|det dz/dx|)`` on link angles
-    ``(B, 2, L_0, L_1)``, log-dets ``(B,)``; outputs wrapped into ``[-pi, pi)``. Any 2D lattice with
-    both sizes at least 2.
+    ``(B, 2, L_0, L_1)``, log-dets ``(B,)``; outputs in ``[-pi, pi)`` exactly (:func:`.circle_maps.wrap_exact`).
+    Any 2D lattice with both sizes at least 2.
 
     Example:
         >>> import torch
@@ -245,15 +254,15 @@ class PlaquettePoissonFlow(Flow):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         self._check_input(z)
-        u = wrap(plaquette_angles(z))
+        u = wrap_exact(plaquette_angles(z))
         theta, log_slope = self.spline(u)
         moved = theta - u
         r = moved - moved.mean(dim=(1, 2), keepdim=True)
-        return wrap(z + self._shift_links(r)), self._logdet(log_slope)
+        return wrap_exact(z + self._shift_links(r)), self._logdet(log_slope)
 
     def _residual(self, c: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """``(g(c), g'(c))`` for the plaquettes ``p`` of ``x`` and shifts ``c`` ``(B, 1, 1)``."""
-        theta = wrap(p + c)
+        theta = wrap_exact(p + c)
         u, log_slope = self.spline.inverse(theta)
         g = c - (theta - u).mean(dim=(1, 2), keepdim=True)
         return g, torch.exp(-log_slope).mean(dim=(1, 2), keepdim=True)
@@ -268,7 +277,7 @@ class PlaquettePoissonFlow(Flow):
         self._check_input(x)
         cap = self.max_iterations if max_iterations is None else max_iterations
         tol = 64 * torch.finfo(x.dtype).eps
-        p = wrap(plaquette_angles(x))
+        p = wrap_exact(plaquette_angles(x))
         with torch.no_grad():
             lo = p.new_full((p.shape[0], 1, 1), -math.pi)
             hi = p.new_full((p.shape[0], 1, 1), math.pi)
@@ -289,7 +298,7 @@ class PlaquettePoissonFlow(Flow):
                         f"u1_plaquette_poisson inverse did not converge in {cap} iterations: "
                         f"max residual {worst:.3g} > tolerance {tol:.3g} ({x.dtype})"
                     )
-        theta = wrap(p + c)
+        theta = wrap_exact(p + c)
         u, log_slope = self.spline.inverse(theta)
         r = theta - u - c
-        return wrap(x - self._shift_links(r)), -self._logdet(log_slope)
+        return wrap_exact(x - self._shift_links(r)), -self._logdet(log_slope)
