@@ -72,6 +72,10 @@ IDENTITY_K = 2.0
 #: own standard errors (its relative standard error is 1 / sqrt(2 (n_blocks - 1))).
 _BINNED_WINS = 2.0
 
+#: A chain shorter than this many tau_int makes a row unreliable: its error rests on a few
+#: autocorrelation times, and a chain that has not thermalized cannot be told from one that has.
+_MIN_LENGTH = 10.0
+
 #: Fewest blocks :func:`binned_error` forms (its relative error is then at most 1/sqrt(62) = 13%).
 _MIN_BLOCKS = 32
 
@@ -567,9 +571,9 @@ def summarize(
             row["drift"] = _drift(x, S, min_blocks)
             if abs(row["drift"]) > drift_threshold:
                 failures.append(
-                    f"not thermalized: the second half of the chains has a mean {row['drift']:+.1f} standard "
-                    f"errors from the first half's (more than {drift_threshold:g}): the chains still drift; "
-                    "discard more thermalization or run longer"
+                    f"not thermalized: the chains' second half differs from their first half by "
+                    f"{row['drift']:+.1f} standard errors (limit {drift_threshold:g}); discard more "
+                    "thermalization or run longer"
                 )
         row["reliable"] = not failures
         row["note"] = "; ".join(failures + remarks)
@@ -646,6 +650,12 @@ def _analyse(x: np.ndarray, S: float, min_blocks: int) -> tuple[dict, list[str],
             f"binned error {ratio:.2f}x the Gamma method's ({b.n_blocks} blocks of {b.block_size}): rho(t) has "
             f"a slow tail beyond the window W = {res.window}, so error and tau_int are the binned ones"
         )
+    n_per_chain = x.shape[1]
+    if not failures and math.isfinite(row["tau_int"]) and n_per_chain < _MIN_LENGTH * row["tau_int"]:
+        failures.append(
+            f"chains too short: {n_per_chain} updates per chain, fewer than {_MIN_LENGTH:g} tau_int = "
+            f"{_MIN_LENGTH * row['tau_int']:.0f}, so neither the error nor thermalization can be checked: run longer"
+        )
     return row, failures, remarks
 
 
@@ -695,7 +705,7 @@ def _heavy_tail(dh: pd.Series | np.ndarray, error: float, identity: str) -> str:
     return (
         f"heavy tail: {share:.1%} of the updates have delta_H > ln N = {cut:.1f}; their mirror events "
         f"(delta_H < -{cut:.1f}) hold the same share of <exp(-delta_H)> but are e^{cut:.1f} times rarer, "
-        f"expected less than once here, so this mean is low by about {share:.2g} even for an exact "
+        f"expected less than once here, so this mean falls short of 1 by about {share:.2g} or more even for an exact "
         f"sampler: read {identity} instead"
     )
 
