@@ -128,6 +128,7 @@ def row(name: str, sim: Simulation, table: pd.DataFrame, summary: pd.DataFrame, 
         "tau_Q": tau,
         "tau_Q err": dtau,
         "tau reliable": bool(summary.loc[q, "reliable"]),
+        "tau note": str(summary.loc[q, "note"]),
         "s/traj": per_traj,
         "s/indep Q": 2 * tau * per_traj,
         "training s": training_s,
@@ -164,7 +165,9 @@ def print_table(rows: list[dict], shape) -> None:
             print(f"#   {r['sampler']}: cost per independent Q / HMC's = {bound}{r['s/indep Q'] / hmc['s/indep Q']:.3f}"
                   f" (with training: {(r['s/indep Q'] * 1000 + r['training s']) / (hmc['s/indep Q'] * 1000):.3f} "
                   f"for 1000 samples){hmc_bound}")
-    print("#   * tau_int window did not close: the run is too short for tau_int(Q), which is then a lower bound")
+    for r in rows:
+        if not r["tau reliable"]:  # the footnote of each "*", with the summary's own reason
+            print(f"#   * {r['sampler']}: tau_int(Q) unreliable: {r['tau note']}")
 
 
 def figures(out: Path, tables: dict, history: pd.DataFrame | None) -> list[Path]:

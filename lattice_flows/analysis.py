@@ -29,7 +29,18 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["GammaResult", "gamma_method", "normalized_autocorrelation", "summarize", "SUMMARY_COLUMNS"]
+__all__ = [
+    "GammaResult",
+    "BinnedResult",
+    "gamma_method",
+    "binned_error",
+    "normalized_autocorrelation",
+    "summarize",
+    "format_value_error",
+    "SUMMARY_COLUMNS",
+    "DRIFT_THRESHOLD",
+    "IDENTITY_K",
+]
 
 #: Columns of the frame returned by :func:`summarize`, in order.
 SUMMARY_COLUMNS = (
@@ -41,7 +52,32 @@ SUMMARY_COLUMNS = (
     "n_samples",
     "reliable",
     "note",
+    "gamma_error",
+    "binned_error",
+    "drift",
 )
+
+#: Standard errors by which the means of the first and second half of a series may differ before
+#: :func:`summarize` calls the series not thermalized. For a stationary series the difference is
+#: normal with the quoted error, so a row trips by chance with probability 2 Phi(-4) = 6.3e-5, and a
+#: summary of ~10 rows with probability ~6e-4; a drift of a few standard errors of the half means
+#: (the chain still relaxing) is caught.
+DRIFT_THRESHOLD = 4.0
+
+#: The cut K of the check row ``delta_H_identity(K=2)`` of :func:`summarize`:
+#: <e^{-dH} 1[dH >= -K]> + P(dH > K) = 1 for every exact sampler, each term bounded by e^K.
+IDENTITY_K = 2.0
+
+#: The binned error wins over the Gamma method's when it is larger by more than this many of its
+#: own standard errors (its relative standard error is 1 / sqrt(2 (n_blocks - 1))).
+_BINNED_WINS = 2.0
+
+#: A chain shorter than this many tau_int makes a row unreliable: its error rests on a few
+#: autocorrelation times, and a chain that has not thermalized cannot be told from one that has.
+_MIN_LENGTH = 10.0
+
+#: Fewest blocks :func:`binned_error` forms (its relative error is then at most 1/sqrt(62) = 13%).
+_MIN_BLOCKS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +250,72 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class BinnedResult:
+    """Result of :func:`binned_error`.
+
+    Attributes:
+        error: Standard error of the mean from the scatter of block means; 0 for a constant
+            series, ``nan`` when fewer than 2 blocks of at least 1 sample can be formed.
+        error_error: Its statistical error, ``error / sqrt(2 (n_blocks - 1))`` (Gaussian block means).
+        block_size: Samples per block B.
+        n_blocks: Number of blocks n_b, summed over chains.
+    """
+
+    error: float
+    error_error: float
+    block_size: int
+    n_blocks: int
+
+
+def binned_error(data, *, min_blocks: int = _MIN_BLOCKS) -> BinnedResult:
+    """Standard error of the mean by binning (blocking), a cross-check of :func:`gamma_method`.
+
+    Args:
+        data: Array-like of shape (n_chains, n_samples), Monte Carlo time along axis 1 (or one chain,
+            shape (n_samples,)), as :func:`gamma_method` takes it.
+        min_blocks: Fewest blocks to form, >= 2. Default 32: the error is then known to 13%.
+
+    Returns:
+        A :class:`BinnedResult`.
+
+    Each chain of N_r samples is cut into m = max(1, ceil(min_blocks / R)) consecutive blocks of
+    B = N_r // m samples (the first N_r - m B samples of each chain are left out). With the
+    n_b = R m block means y_k and their mean ybar,
+
+        error^2 = sum_k (y_k - ybar)^2 / (n_b (n_b - 1)),    error_error = error / sqrt(2 (n_b - 1)).
+
+    Blocks as long as the data allow make the estimate rest on no model of rho(t): its bias is
+    of relative size ~tau / B, whatever the shape of the autocorrelation function, where the Gamma
+    method's window (Wolff's S = 1.5) can stop before a small but slow tail (a slow mode such as the
+    topological charge coupling weakly to the observable) and miss it. The price is noise.
+
+    Raises:
+        ValueError: For data :func:`gamma_method` rejects, or ``min_blocks`` not an integer >= 2.
+
+    Example:
+        >>> import numpy as np
+        >>> b = binned_error(np.random.default_rng(0).normal(size=(4, 10_000)))
+        >>> b.n_blocks, b.block_size, abs(b.error - 0.005) < 3 * b.error_error
+        (32, 1250, True)
+    """
+    if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
+        raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
+    x = _as_chains(data)
+    n_chains, n_per_chain = x.shape
+    per_chain = max(1, -(-int(min_blocks) // n_chains))
+    size = n_per_chain // per_chain
+    n_blocks = n_chains * per_chain
+    if size < 1 or n_blocks < 2:
+        return BinnedResult(math.nan, math.nan, int(size), int(n_blocks))
+    used = x[:, n_per_chain - per_chain * size :]
+    means = used.reshape(n_chains, per_chain, size).mean(axis=2).reshape(-1)
+    if np.all(used == used.flat[0]):
+        return BinnedResult(0.0, 0.0, int(size), int(n_blocks))
+    error = math.sqrt(float(np.var(means, ddof=1)) / n_blocks)
+    return BinnedResult(error, error / math.sqrt(2.0 * (n_blocks - 1)), int(size), int(n_blocks))
+
+
 def normalized_autocorrelation(data, t_max: int | None = None, *, S: float = 1.5) -> np.ndarray:
     """The normalised autocorrelation function rho(t) = Gamma(t) / Gamma(0), t = 0, ..., t_max.
 
@@ -274,8 +376,10 @@ def summarize(
     order: str = "trajectory",
     S: float = 1.5,
     derived: Mapping[str, Callable[[pd.DataFrame], pd.Series]] | None = None,
+    drift_threshold: float = DRIFT_THRESHOLD,
+    min_blocks: int = _MIN_BLOCKS,
 ) -> pd.DataFrame:
-    """Apply :func:`gamma_method` to every observable of a long simulation table.
+    """Errors, autocorrelation times and reliability checks of every observable of a long simulation table.
 
     Args:
         table: Long table with one row per chain and Monte Carlo step, as the
@@ -293,32 +397,62 @@ def summarize(
             ``{"topological_charge^2": lambda t: t.topological_charge ** 2}``.
             ``f`` is called with the table sorted by (chain, order); a returned
             Series is aligned on the index.
+        drift_threshold: Standard errors (> 0) beyond which the difference of the two
+            halves' means calls a series not thermalized (:data:`DRIFT_THRESHOLD`).
+        min_blocks: Fewest blocks of the binning cross-check (:func:`binned_error`), >= 2.
 
     Returns:
-        DataFrame with one row per quantity (index named ``quantity``) and the
-        columns of :data:`SUMMARY_COLUMNS`: mean, error, tau_int, tau_int_error,
-        window, n_samples, reliable, note. Rows come in the order of ``columns``,
-        then ``derived``. Each column is pivoted to shape (n_chains, n_samples)
-        before the analysis, so autocorrelations are measured within chains only.
+        DataFrame with one row per quantity (index named ``observable``, as in the
+        run folder's ``summary.csv``) and the columns of :data:`SUMMARY_COLUMNS`:
 
-        Two columns get special treatment because of what HMC writes:
+        * ``mean``, ``error`` (standard error of the mean), ``tau_int``,
+          ``tau_int_error`` (in units of one row of a chain), ``window``, ``n_samples``;
+        * ``gamma_error``: the Gamma method's error (:func:`gamma_method`), and
+          ``binned_error``: the error from block means (:func:`binned_error`). ``error``
+          is ``gamma_error`` unless ``binned_error`` is larger by more than 2 of its own
+          standard errors: then the autocorrelation function has a slow tail the
+          automatic window did not reach (a slow mode), and ``error`` is
+          ``binned_error``, ``tau_int`` the value it implies,
+          ``gamma_tau_int * (binned_error / gamma_error)^2``, with a note;
+        * ``drift``: (mean of the second half of every chain - mean of the first half)
+          over its standard error (the halves' errors found as ``error`` is). A
+          stationary series gives a standard normal; ``|drift| > drift_threshold``
+          makes the row unreliable: the chains had not thermalized;
+        * ``reliable``: False when the row should not be trusted as it stands: a
+          constant series, a window that did not close, a drift, a heavy tail (below),
+          a non-finite value. ``note`` says why, and also holds remarks that do not
+          make a row unreliable (the binned error taking over).
 
-        * ``delta_H``: a row ``exp(-delta_H)`` follows it. For an exact,
-          reversible, area-preserving integrator <exp(-delta_H)> = 1, the
-          standard check of an HMC implementation.
+        Rows come in the order of ``columns``, then ``derived``. Each column is
+        pivoted to shape (n_chains, n_samples) before the analysis, so
+        autocorrelations are measured within chains only.
+
+        Columns with special treatment because of what the samplers write:
+
+        * ``delta_H``: two rows follow it. ``exp(-delta_H)``: for an exact sampler
+          <exp(-delta_H)> = 1, but when a fraction f of the updates have
+          delta_H > ln N (N = n_samples), the mirror events delta_H < -ln N that hold
+          a share f of that mean are expected less than once in the sample, so the
+          sample mean falls short of 1 by about f: when f exceeds the row's error the
+          row is marked unreliable (a heavy tail) and the next row is the check to
+          read. ``delta_H_identity(K=2)``: the mean of
+          ``e^{-dH} 1[dH >= -K] + 1[dH > K]`` with K = :data:`IDENTITY_K`, which is
+          exactly 1 for every exact sampler (``docs/equations.md``) and, being bounded
+          by e^K, has an honest error however heavy the tail.
         * ``accepted`` (bool or 0/1): analysed as it is, so its mean is the
           acceptance rate and its error accounts for autocorrelation.
 
         A ``delta_H`` with non-finite values (a trajectory whose energy diverged)
-        gets its plain mean, no error, ``reliable`` false and a note saying how many;
-        non-finite values of any other quantity raise.
+        gets its plain mean, no error, ``reliable`` false and a note saying how many
+        (and so do the two rows after it where they are not finite); non-finite values
+        of any other quantity raise.
 
     Raises:
         ValueError: If a named column is missing or not numeric, the table is
             empty, (chain, order) pairs repeat, chains have unequal lengths (the
             lengths are named), a derived name clashes or a derived quantity has the
-            wrong length, or :func:`gamma_method` rejects a column (the column is
-            named).
+            wrong length, :func:`gamma_method` rejects a column (the column is
+            named), or ``drift_threshold`` or ``min_blocks`` is out of range.
 
     Example:
         >>> import pandas as pd
@@ -336,6 +470,14 @@ def summarize(
             raise ValueError(
                 f"{role} column {name!r} not in table; columns: {list(table.columns)}"
             )
+    try:
+        drift_threshold = float(drift_threshold)
+    except (TypeError, ValueError):
+        drift_threshold = math.nan
+    if not (math.isfinite(drift_threshold) and drift_threshold > 0):
+        raise ValueError(f"drift_threshold must be a positive number of standard errors, got {drift_threshold!r}")
+    if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
+        raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
     if len(table) == 0:
         raise ValueError("table is empty; expected at least 2 rows per chain")
 
@@ -376,11 +518,14 @@ def summarize(
     # Carlo order, so a reshape is the pivot.
     ordered = table.sort_values([chain, order], kind="stable")
 
+    identity = f"delta_H_identity(K={IDENTITY_K:g})"
     quantities: dict[str, pd.Series | np.ndarray] = {}
     for c in columns:
         quantities[c] = ordered[c]
         if c == "delta_H":
-            quantities["exp(-delta_H)"] = np.exp(-ordered[c].to_numpy(dtype=float))
+            dh = ordered[c].to_numpy(dtype=float)
+            quantities["exp(-delta_H)"] = np.exp(-dh)
+            quantities[identity] = _identity_terms(dh, IDENTITY_K)
     for name, f in (derived or {}).items():
         if name in quantities:
             raise ValueError(
@@ -402,23 +547,167 @@ def summarize(
     for name, values in quantities.items():
         values = np.asarray(values)
         finite = np.isfinite(values.astype(float))
-        if name in ("delta_H", "exp(-delta_H)") and not finite.all():
+        if name in ("delta_H", "exp(-delta_H)", identity) and not finite.all():
             # a trajectory whose energy diverged is a sampler's outcome, not a bug: report, don't fail
             rows[name] = {
                 "mean": float(np.mean(values.astype(float))), "error": math.nan, "tau_int": math.nan,
                 "tau_int_error": math.nan, "window": 0, "n_samples": values.size, "reliable": False,
                 "note": f"{values.size - int(finite.sum())} of {values.size} values are not finite; no error estimate",
+                "gamma_error": math.nan, "binned_error": math.nan, "drift": math.nan,
             }
             continue
+        x = values.reshape(n_chains, n_per_chain)
         try:
-            res = gamma_method(values.reshape(n_chains, n_per_chain), S=S)
+            row, failures, remarks = _analyse(x, S, min_blocks)
         except ValueError as exc:
             raise ValueError(f"quantity {name!r}: {exc}") from exc
-        rows[name] = {c: getattr(res, c) for c in SUMMARY_COLUMNS}
+        if name == "exp(-delta_H)":
+            # heavy-tailed: its halves' means scatter beyond their errors; the identity row has the drift test
+            row["drift"] = math.nan
+            tail = _heavy_tail(quantities["delta_H"], row["error"], identity)
+            if tail:
+                failures.append(tail)
+        else:
+            row["drift"] = _drift(x, S, min_blocks)
+            if abs(row["drift"]) > drift_threshold:
+                failures.append(
+                    f"not thermalized: the chains' second half differs from their first half by "
+                    f"{row['drift']:+.1f} standard errors (limit {drift_threshold:g}); discard more "
+                    "thermalization or run longer"
+                )
+        row["reliable"] = not failures
+        row["note"] = "; ".join(failures + remarks)
+        rows[name] = row
 
     out = pd.DataFrame.from_dict(rows, orient="index", columns=list(SUMMARY_COLUMNS))
-    out.index.name = "quantity"
+    out.index.name = "observable"
     return out.astype({"window": int, "n_samples": int, "reliable": bool})
+
+
+def format_value_error(value: float, error: float, *, digits: int = 2) -> str:
+    """``value`` with its standard ``error`` in the concise notation, the error's last digits in brackets.
+
+    The error is rounded to ``digits`` significant digits (>= 1) and the value to the same decimal
+    place: ``format_value_error(0.912364, 0.000123) == "0.91236(12)"``. Values or errors of 10^6
+    and above, or below 10^-3 (both), are written with a common power of ten,
+    ``"1.235(30)e-08"``. An error of 0 gives the value and ``(0)``; an error that is nan or
+    infinite gives the value to 6 significant digits and ``(?)``; a nan value gives ``"nan"``.
+
+    Example:
+        >>> format_value_error(0.912364, 0.000123), format_value_error(1234.5, 56.0)
+        ('0.91236(12)', '1234(56)')
+        >>> format_value_error(0.003, 0.12), format_value_error(-2.5e-8, 3e-10), format_value_error(1.0, 0.0)
+        ('0.00(12)', '-2.500(30)e-08', '1(0)')
+    """
+    if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or digits < 1:
+        raise ValueError(f"digits must be an integer >= 1, got {digits!r}")
+    value, error = float(value) + 0.0, float(error)  # + 0.0: no '-0'
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return f"{value}"
+    if not math.isfinite(error) or error < 0:
+        return f"{value:.6g}(?)"
+    if error == 0:
+        return f"{value:.6g}(0)"
+    scale = max(abs(value), error)
+    power = 0
+    if scale >= 1e6 or scale < 1e-3:
+        power = math.floor(math.log10(scale))
+        value, error = value / 10.0**power, error / 10.0**power
+    decimals = digits - 1 - math.floor(math.log10(error))
+    if round(error, decimals) >= 10.0 ** (digits - decimals):  # 0.0996 -> 0.10: one digit fewer
+        decimals -= 1
+    if decimals > 0:
+        text = f"{value:.{decimals}f}({round(error * 10.0**decimals):d})"
+    else:
+        step = 10.0 ** (-decimals)
+        text = f"{round(value / step) * step:.0f}({round(error / step) * step:.0f})"
+    return text + (f"e{power:+03d}" if power else "")
+
+
+def _identity_terms(dh: np.ndarray, k: float) -> np.ndarray:
+    """``e^{-dH} 1[dH >= -k] + 1[dH > k]`` per update, shape of ``dh``; nan where ``dh`` is nan."""
+    with np.errstate(over="ignore"):
+        terms = np.where(dh >= -k, np.exp(-np.maximum(dh, -k)), 0.0) + (dh > k)
+    return np.where(np.isnan(dh), math.nan, terms)
+
+
+def _analyse(x: np.ndarray, S: float, min_blocks: int) -> tuple[dict, list[str], list[str]]:
+    """One summary row of ``x`` (shape (R, N_r)) without ``drift``: (row, failures, remarks)."""
+    res = gamma_method(x, S=S)
+    b = binned_error(x, min_blocks=min_blocks)
+    row = {c: getattr(res, c) for c in ("mean", "error", "tau_int", "tau_int_error", "window", "n_samples")}
+    row.update(gamma_error=res.error, binned_error=b.error)
+    failures = [res.note] if res.note else []
+    remarks = []
+    if _binned_wins(res, b):
+        ratio = b.error / res.error
+        row["error"] = b.error
+        row["tau_int"] = res.tau_int * ratio**2
+        row["tau_int_error"] = 2.0 * row["tau_int"] * b.error_error / b.error
+        remarks.append(
+            f"binned error {ratio:.2f}x the Gamma method's ({b.n_blocks} blocks of {b.block_size}): rho(t) has "
+            f"a slow tail beyond the window W = {res.window}, so error and tau_int are the binned ones"
+        )
+    n_per_chain = x.shape[1]
+    if not failures and math.isfinite(row["tau_int"]) and n_per_chain < _MIN_LENGTH * row["tau_int"]:
+        failures.append(
+            f"chains too short: {n_per_chain} updates per chain, fewer than {_MIN_LENGTH:g} tau_int = "
+            f"{_MIN_LENGTH * row['tau_int']:.0f}, so neither the error nor thermalization can be checked: run longer"
+        )
+    return row, failures, remarks
+
+
+def _binned_wins(res: GammaResult, b: BinnedResult) -> bool:
+    return bool(
+        res.gamma.size
+        and math.isfinite(res.error)
+        and math.isfinite(b.error)
+        and b.error - res.error > _BINNED_WINS * b.error_error
+    )
+
+
+def _honest_error(x: np.ndarray, S: float, min_blocks: int) -> tuple[float, float]:
+    """(mean, error) of ``x`` as :func:`summarize` finds them: Gamma method, or binning when larger."""
+    res = gamma_method(x, S=S)
+    b = binned_error(x, min_blocks=min_blocks)
+    return res.mean, (b.error if _binned_wins(res, b) else res.error)
+
+
+def _drift(x: np.ndarray, S: float, min_blocks: int) -> float:
+    """(mean of the second half - mean of the first half) / its error, for chains ``x`` (R, N_r).
+
+    Halves of N_r // 2 samples each (the first sample left out when N_r is odd); nan when the
+    halves are shorter than 2 samples or an error is undefined; 0 for equal constant halves and
+    +-inf for unequal ones (the sampler moved the observable once and froze).
+    """
+    half = x.shape[1] // 2
+    if half < 2:
+        return math.nan
+    first, second = x[:, -2 * half : -half], x[:, -half:]
+    (m1, e1), (m2, e2) = _honest_error(first, S, min_blocks), _honest_error(second, S, min_blocks)
+    spread = math.hypot(e1, e2)
+    if math.isnan(spread):
+        return math.nan
+    if spread == 0:
+        return 0.0 if m1 == m2 else math.copysign(math.inf, m2 - m1)
+    return (m2 - m1) / spread
+
+
+def _heavy_tail(dh: pd.Series | np.ndarray, error: float, identity: str) -> str:
+    """A note when <exp(-delta_H)> is biased low by its heavy tail by more than ``error``, else ''."""
+    dh = np.asarray(dh, dtype=float)
+    cut = math.log(dh.size)
+    share = float(np.mean(dh > cut))
+    if share == 0.0 or not share > error:
+        return ""
+    return (
+        f"heavy tail: {share:.1%} of the updates have delta_H > ln N = {cut:.1f}; their mirror events "
+        f"(delta_H < -{cut:.1f}) hold the same share of <exp(-delta_H)> but are e^{cut:.1f} times rarer, "
+        f"expected less than once here, so this mean falls short of 1 by about {share:.2g} or more even for an exact "
+        f"sampler: read {identity} instead"
+    )
 
 
 # --------------------------------------------------------------------------- helpers

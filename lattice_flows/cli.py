@@ -188,14 +188,62 @@ def report(sim: Simulation, folder: RunFolder, table: pd.DataFrame) -> None:
     history = sim.history if sim.history is not None else folder.read_history()
     figures = write_figures(folder.figures, table, summary=summary, observables=sim.observables, history=history)
     print(text)
+    for line in summary_warnings(summary):
+        print(f"lattice-flows: warning: {line}", file=sys.stderr)
     log.info("summary: %s; figures: %s", folder.summary_txt, ", ".join(p.name for p in figures) or "none")
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    shown = summary[["mean", "error", "exact", "pull", "tau_int", "tau_int_error", "note"]].copy()
-    shown["note"] = shown["note"].fillna("")
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.6g}".format):
-        return shown.to_string()
+def summary_warnings(summary: pd.DataFrame) -> list[str]:
+    """One line per unreliable row of ``summary``, ``"<observable>: <note>"``, for standard error."""
+    if "reliable" not in summary.columns:
+        return []
+    notes = summary["note"] if "note" in summary.columns else pd.Series("", index=summary.index)
+    return [f"{name}: {notes[name] or 'unreliable'}" for name in summary.index[~summary["reliable"].astype(bool)]]
+
+
+def format_summary(summary: pd.DataFrame, *, width: int = 100) -> str:
+    """The summary as the terminal and ``summary.txt`` show it: one line per observable, notes below.
+
+    Columns: ``observable``; ``value``, the mean with its error in brackets on its last digits
+    (:func:`lattice_flows.analysis.format_value_error`: ``0.91236(12)``); ``exact`` to one digit
+    more than the value; ``pull``, (mean - exact) / error; ``tau_int`` with its error; ``reliable``
+    (``yes``/``no``) with ``[n]`` pointing at footnote ``n``, the row's note, wrapped to ``width``.
+    """
+    import textwrap
+
+    from .analysis import format_value_error
+
+    def cell(row, key):
+        value = row.get(key, float("nan"))
+        return float(value) if value is not None and pd.notna(value) else float("nan")
+
+    lines, notes = [], []
+    for name, row in summary.iterrows():
+        mean, error, exact, pull = cell(row, "mean"), cell(row, "error"), cell(row, "exact"), cell(row, "pull")
+        value = format_value_error(mean, error)
+        if exact == exact:  # not nan: as many decimals as the value shows, and one more
+            decimals = len(value.split("(")[0].partition(".")[2]) if "e" not in value else 6
+            exact_text = f"{exact:.{decimals + 1}f}" if abs(exact) < 1e6 else f"{exact:.6g}"
+        else:
+            exact_text = "-"
+        pull_text = f"{pull:+.1f}" if pull == pull and abs(pull) != float("inf") else ("-" if pull != pull else f"{pull}")
+        tau = cell(row, "tau_int")
+        tau_text = format_value_error(tau, cell(row, "tau_int_error"), digits=1) if tau == tau else "-"
+        reliable = "yes" if bool(row.get("reliable", True)) else "no"
+        note = row.get("note", "")
+        if isinstance(note, str) and note:
+            notes.append(f"{name}: {note}")
+            reliable += f" [{len(notes)}]"
+        lines.append([str(name), value, exact_text, pull_text, tau_text, reliable])
+    header = ["observable", "value", "exact", "pull", "tau_int", "reliable"]
+    widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
+    rows = [
+        "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in [header] + lines
+    ]
+    for i, note in enumerate(notes, 1):
+        rows.extend(textwrap.wrap(note, width, initial_indent=f"[{i}] ", subsequent_indent=" " * (len(str(i)) + 3)))
+    return "\n".join(rows)
 
 
 # -- commands ------------------------------------------------------------------------------------

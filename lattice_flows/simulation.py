@@ -624,12 +624,17 @@ class Simulation:
     # -- analysis ---------------------------------------------------------------------------
 
     def summary(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Mean, error and ``tau_int`` of every column (Gamma method), with exact values where known.
+        """Mean, error and ``tau_int`` of every column, checked, with exact values where known.
 
-        Rows: ``accepted`` (the acceptance rate), ``delta_H``, ``exp(-delta_H)`` (exactly 1 for a
-        correct HMC), each observable and the higher moments it asks for (``topological_charge^2``).
-        Columns of :func:`lattice_flows.analysis.summarize` plus ``exact`` and ``pull``
-        (``(mean - exact) / error``).
+        Rows (index ``observable``): ``accepted`` (the acceptance rate), ``delta_H``,
+        ``exp(-delta_H)`` (1 in expectation for an exact sampler; marked unreliable where a heavy
+        tail of ``delta_H`` biases its sample mean), ``delta_H_identity(K=2)`` (exactly 1 for an
+        exact sampler, with an honest error whatever the tail: the check to read), each observable
+        and the higher moments it asks for (``topological_charge^2``). Columns of
+        :func:`lattice_flows.analysis.summarize` (errors from the Gamma method, or from binning
+        where a slow mode makes that larger; ``drift`` and ``reliable``: a chain that has not
+        thermalized, a window that did not close) plus ``exact`` and ``pull``
+        (``(mean - exact) / error``). ``docs/reading-results.md`` explains how to read it.
         """
         derived = {}
         exact: dict[str, float] = {}
@@ -644,6 +649,9 @@ class Simulation:
         result = analysis.summarize(table, derived=derived)
         if "exp(-delta_H)" in result.index:
             exact["exp(-delta_H)"] = 1.0  # holds for every exact sampler with a Hamiltonian (and trivially without)
+        for label in result.index:
+            if label.startswith("delta_H_identity("):
+                exact[label] = 1.0  # <e^-dH 1[dH >= -K]> + P(dH > K) = 1 for every exact sampler
         result["exact"] = pd.Series(exact, dtype=float).reindex(result.index)
         result["pull"] = (result["mean"] - result["exact"]) / result["error"]
         return result

@@ -320,11 +320,12 @@ def test_summarize_index_columns_and_values():
     out = summarize(table, derived={"plaquette^2": lambda t: t.plaquette**2})
 
     assert list(out.columns) == list(SUMMARY_COLUMNS)
-    assert out.index.name == "quantity"
+    assert out.index.name == "observable"  # as in summary.csv and the terminal
     assert list(out.index) == [
         "accepted",
         "delta_H",
         "exp(-delta_H)",
+        "delta_H_identity(K=2)",
         "plaquette",
         "topological_charge",
         "plaquette^2",
@@ -343,12 +344,14 @@ def test_summarize_index_columns_and_values():
         res = gamma_method(arr)
         row = out.loc[name]
         assert row["window"] == res.window and row["n_samples"] == res.n_samples == 1200
+        # no slow mode here: the binned cross-check does not take over, so the row is the Gamma method's
         np.testing.assert_allclose(
-            row[["mean", "error", "tau_int", "tau_int_error"]].to_numpy(dtype=float),
-            [res.mean, res.error, res.tau_int, res.tau_int_error],
+            row[["mean", "error", "tau_int", "tau_int_error", "gamma_error"]].to_numpy(dtype=float),
+            [res.mean, res.error, res.tau_int, res.tau_int_error, res.error],
             rtol=1e-12,
         )
-        assert bool(row["reliable"]) and row["note"] == ""
+        assert row["binned_error"] == pytest.approx(analysis.binned_error(arr).error, rel=1e-12)
+        assert bool(row["reliable"]) and row["note"] == "" and abs(row["drift"]) < 4 or name == "exp(-delta_H)"
 
     assert out.loc["accepted", "mean"] == pytest.approx(table.accepted.mean())  # acceptance rate
     assert out.loc["exp(-delta_H)", "mean"] == pytest.approx(np.exp(-table.delta_H).mean())
