@@ -1,12 +1,23 @@
-"""Checkpoint files: atomic writes, and reads that never unpickle arbitrary objects.
+"""Checkpoint files: atomic writes, a checksum, and reads that never unpickle arbitrary objects.
 
-A checkpoint is a ``torch.save`` of plain data (dicts, lists, strings, numbers, tensors), read
-back with ``torch.load(..., weights_only=True)``.
+A checkpoint (version 2) is a one-line header followed by a payload::
+
+    lattice-flows checkpoint 2 sha256=<64 hex digits> bytes=<payload length>\\n
+    <payload: a torch.save of plain data (dicts, lists, strings, numbers, tensors)>
+
+:func:`load_checkpoint` checks the header, the length (a truncated file) and the SHA-256 of the
+payload (a flipped byte) before it reads the payload with ``torch.load(..., weights_only=True)``.
+Version-1 files (a bare ``torch.save`` with a format marker, no checksum) are still read.
+Every failure is a :class:`CheckpointError` in plain words; torch's own text never shows.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,53 +26,180 @@ import torch
 
 from .errors import LatticeFlowsError
 
-__all__ = ["CheckpointError", "write_atomic", "save_atomic", "load_checkpoint", "FORMAT", "VERSION"]
+__all__ = [
+    "CheckpointError",
+    "WriteError",
+    "write_atomic",
+    "save_atomic",
+    "load_checkpoint",
+    "encode_checkpoint",
+    "FORMAT",
+    "VERSION",
+]
 
 FORMAT = "lattice-flows checkpoint"
-VERSION = 1
+VERSION = 2
+_HEADER = re.compile(rb"lattice-flows checkpoint (\d+) sha256=([0-9a-f]{64}) bytes=(\d+)\n")
+_HEADER_MAX = 200  # bytes: the header line is about 110
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip format: version-1 checkpoints, or a foreign torch file
 
 
 class CheckpointError(LatticeFlowsError, ValueError):
     """A checkpoint cannot be read, or does not fit the simulation it is loaded into."""
 
 
+class WriteError(LatticeFlowsError, OSError):
+    """A file of a run cannot be written (a full disk, a read-only or vanished folder); the old file is intact."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(path: Path, exc: BaseException) -> WriteError:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason = f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason += "; free some space, then continue with --resume"
+    else:  # torch and pyarrow report a failed write in their own exception types
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}"
+        try:
+            if os.statvfs(path.parent).f_bavail == 0:
+                reason = "No space left on device (ENOSPC); free some space, then continue with --resume"
+        except OSError:
+            pass
+    error = WriteError(f"cannot write {path}: {reason}")
+    error.errno = getattr(exc, "errno", None)
+    error.filename = str(path)
+    return error
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, rename it over ``path``.
 
-    Readers see the old file or the complete new one, never a part: a killed job leaves no half file.
+    Readers see the old file or the complete new one, never a part: a killed job leaves no half file
+    (only, after a SIGKILL, a ``.<name>.*.tmp`` beside it, which :class:`~lattice_flows.rundir.RunFolder`
+    removes). The file gets the mode a plain ``open()`` would give it (``0o666 & ~umask``). A write
+    that fails (``ENOSPC``: a full disk) raises :class:`WriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.close(fd)
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, WriteError) or not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, OSError) or _disk_full(path):
+            raise _write_error(path, exc) from None
         raise
     return path
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` a checkpoint with :func:`write_atomic`: ``path`` is the old file or the new one."""
-    return write_atomic(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **obj}, tmp))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The contents of a checkpoint written by :func:`save_atomic`; :class:`CheckpointError` otherwise."""
-    path = Path(path)
+def _disk_full(path: Path) -> bool:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+def encode_checkpoint(obj: dict[str, Any]) -> bytes:
+    """The bytes of a version-2 checkpoint of ``obj`` (header with the payload's SHA-256, then the payload)."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **obj}, buffer)
+    payload = buffer.getvalue()
+    header = f"{FORMAT} {VERSION} sha256={hashlib.sha256(payload).hexdigest()} bytes={len(payload)}\n".encode()
+    return header + payload
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write a checkpoint of ``obj`` with :func:`write_atomic`: ``path`` is the old file or the new one."""
+    blob = encode_checkpoint(obj)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def checkpoint_digest(blob: bytes) -> str:
+    """The SHA-256 in the header of the checkpoint bytes ``blob`` (from :func:`encode_checkpoint`)."""
+    match = _HEADER.match(blob[:_HEADER_MAX])
+    assert match is not None, "not bytes from encode_checkpoint"
+    return match.group(2).decode()
+
+
+def _torch_load(payload: bytes | Path) -> Any:
+    source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path, *, digest: str | None = None) -> dict[str, Any]:
+    """The contents of a checkpoint written by :func:`save_atomic`; :class:`CheckpointError` otherwise.
+
+    ``digest``: the SHA-256 the payload must have (a checkpoint that lists other files checks them so).
+    """
+    path = Path(path)
+    bad = f"{path}: not a readable lattice-flows checkpoint"
+    try:
+        blob = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to several lines
-        raise CheckpointError(f"{path}: not a readable lattice-flows checkpoint ({type(exc).__name__}: {first_line})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not blob:
+        raise CheckpointError(f"{bad}: the file is empty (a write that never finished?)")
+    match = _HEADER.match(blob[:_HEADER_MAX])
+    if match is None:
+        if blob.startswith(FORMAT.encode()):
+            raise CheckpointError(f"{bad}: its header is damaged (the file is corrupted)")
+        if blob.startswith(_ZIP_MAGIC):
+            return _load_version_1(path, bad)
+        raise CheckpointError(f"{bad}: it does not start with the lattice-flows checkpoint header (a foreign file?)")
+    version, expected, length = int(match.group(1)), match.group(2).decode(), int(match.group(3))
+    if version != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version}; this lattice-flows reads versions 1 and {VERSION}")
+    payload = blob[match.end():]
+    if len(payload) < length:
+        raise CheckpointError(f"{bad}: truncated ({len(payload)} of {length} payload bytes)")
+    if len(payload) > length:
+        raise CheckpointError(f"{bad}: {len(payload) - length} bytes more than its header says (the file is corrupted)")
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise CheckpointError(f"{bad}: its SHA-256 checksum does not match its contents (the file is corrupted)")
+    if digest is not None and actual != digest:
+        raise CheckpointError(f"{path}: not the file its checkpoint lists (checksum {actual[:12]}..., expected {digest[:12]}...)")
+    try:
+        data = _torch_load(payload)
+    except Exception:  # a checksum that matches damaged data: written so by another program
+        raise CheckpointError(f"{bad}: its payload cannot be read although the checksum matches") from None
+    return _check_marker(data, path, VERSION)
+
+
+def _load_version_1(path: Path, bad: str) -> dict[str, Any]:
+    """A version-1 checkpoint (a ``torch.save`` with the format marker and no checksum), or a foreign torch file."""
+    try:
+        data = _torch_load(path)
+    except Exception:  # torch's text (several lines, with advice to unpickle unsafely) is not shown
+        raise CheckpointError(
+            f"{bad}: a zip or torch file that is damaged, or holds objects other than plain data "
+            "(a foreign torch.save is not loaded, for safety)"
+        ) from None
+    return _check_marker(data, path, 1)
+
+
+def _check_marker(data: Any, path: Path, version: int) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a lattice-flows checkpoint (no {FORMAT!r} marker)")
-    if data.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}; this lattice-flows reads version {VERSION}")
+        raise CheckpointError(f"{path}: not a lattice-flows checkpoint (a torch file without the {FORMAT!r} marker)")
+    if data.get("version") != version:
+        raise CheckpointError(f"{path}: not a readable lattice-flows checkpoint: its header says version {version}, its contents {data.get('version')!r}")
     return data

@@ -24,7 +24,7 @@ import torch
 from . import distributed
 from .checkpoint import load_checkpoint
 from .errors import LatticeFlowsError
-from .rundir import RunFolder, RunFolderError
+from .rundir import RunFolder, RunFolderError, resume_difference
 from .simulation import SPEC_KEYS, RunInterrupted, Simulation
 from .specfile import apply_overrides, load_spec
 
@@ -52,7 +52,9 @@ TRAINING_SAVE_SECONDS = 60.0
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the job to stop after the current update; a second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM asks the job to stop after the current update (and save); a second one of
+    either ends the process at once, with status ``128 + signal number``: the files written so far are
+    intact (every write is atomic), and ``--resume`` continues from the last checkpoint."""
 
     def __init__(self):
         self.requested = False
@@ -62,10 +64,14 @@ class StopRequest:
         return self.requested
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if self.requested:
+            # not an exception: it could be caught, or wait for the end of a long update; the last
+            # checkpoint is complete (atomic writes), a half-written temporary file is removed on --resume
+            os.write(2, f"lattice-flows: {name} again: stopped at once; continue from the last checkpoint with --resume\n".encode())
+            os._exit(128 + signum)
         self.requested = True
-        log.warning("stopping after the current update (Ctrl-C again to stop at once)")
+        log.warning("%s: stopping after the current update (Ctrl-C or SIGTERM again to stop at once)", name)
 
     def __enter__(self) -> "StopRequest":
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -98,26 +104,51 @@ def resolve(args: argparse.Namespace) -> tuple[Simulation, str]:
         saved = load_checkpoint(source)["spec"]
         spec = apply_overrides(saved, args.set or [])
         overrides = {k: v for k, v in spec.items() if saved.get(k) != v}
-        return Simulation.load(source, **overrides), Path(source).stem
+        return Simulation.load(source, **overrides), _checkpoint_run_name(Path(source), args.command)
     spec = load_spec(source) if source else DEFAULT_SPEC
     spec = apply_overrides(spec, args.set or [])
     return Simulation.from_spec(spec), Path(source).stem if source else "default"
 
 
+def _checkpoint_run_name(path: Path, command: str) -> str:
+    """The default run folder's name for a job on a flow checkpoint: after the run folder it comes from
+    (``runs/b2/flow.pt`` -> ``b2-sample``) or the file (``b2.pt`` -> ``b2-sample``), so that jobs on two
+    runs' flows do not collide."""
+    source = path.resolve().parent.name if path.name == "flow.pt" and path.resolve().parent.name else path.stem
+    return f"{source}-{command}"
+
+
+#: The run folders this process holds (locked), released when :func:`main` returns.
+_HELD: list[RunFolder] = []
+
+
 def open_folder(args: argparse.Namespace, sim: Simulation, name: str) -> RunFolder:
-    """The run folder, made (or checked for ``--resume``) by rank 0; the other ranks wait and share it."""
+    """The run folder, made (or checked for ``--resume``) and locked by rank 0 for the whole job; the other
+    ranks wait and share it."""
     out = Path(args.out) if args.out else Path("runs") / name
-    error = None
+    error, folder = None, RunFolder(out)
     if distributed.is_main():
         try:
-            RunFolder.open(out, sim.to_spec(), resume=args.resume)
+            folder = RunFolder.open(out, sim.to_spec(), resume=args.resume)
+            _HELD.append(folder)
         except LatticeFlowsError as exc:
             error = str(exc)
     error = distributed.all_gather_objects(error)[0]  # every rank fails alike, or none does
     if error is not None:
         raise RunFolderError(error)
     log.info("run folder: %s", out)
-    return RunFolder(out)
+    return folder
+
+
+def _release_folders(failed: bool) -> None:
+    """Release the folders this process holds; after a failure, first remove a folder it made that holds
+    nothing but ``spec.json`` (the job failed before it wrote anything), so that the same command works
+    once the cause is fixed."""
+    while _HELD:
+        folder = _HELD.pop()
+        if failed:
+            folder.remove_if_only_spec()
+        folder.release()
 
 
 def _with_folder_flow(sim: Simulation, folder: RunFolder) -> Simulation:
@@ -125,6 +156,8 @@ def _with_folder_flow(sim: Simulation, folder: RunFolder) -> Simulation:
     if sim.flow is None or not folder.flow.exists():
         return sim
     loaded = Simulation.load(folder.flow)
+    if loaded.to_spec() != sim.to_spec() and resume_difference(loaded.to_spec(), sim.to_spec()) is None:
+        loaded = loaded.evolve(n_trajectories=sim.settings.n_trajectories)  # a run extended by --resume
     if loaded.to_spec() != sim.to_spec():
         raise LatticeFlowsError(f"{folder.flow}: the flow checkpoint was written by another spec than {folder.spec}")
     return loaded
@@ -257,13 +290,13 @@ def _job(args: argparse.Namespace, *, train: bool, sample: bool) -> int:
     if distributed.init_from_environment(args.backend):
         log.info("process %d of %d (backend %s)", distributed.rank(), distributed.world_size(), torch.distributed.get_backend())
     sim, name = resolve(args)
+    if train and not sample and sim.flow is None:  # before the folder is made
+        raise LatticeFlowsError("train: the spec has no 'flow' section, so there is nothing to train")
     folder = open_folder(args, sim, name)
     sim = _with_folder_flow(sim, folder)
     with StopRequest() as stop:
         try:
             if train:
-                if sim.flow is None and not sample:
-                    raise LatticeFlowsError("train: the spec has no 'flow' section, so there is nothing to train")
                 if sim.flow is not None:
                     train_job(sim, folder, args, stop)
             if sample:
@@ -428,19 +461,25 @@ def _setup_logging(quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
+    failed = True
     try:
-        return args.func(args)
+        code = args.func(args)
+        failed = False
+        return code
     except BrokenPipeError:  # the output went to `head` or a closed pager: not an error
         sys.stderr.close()
+        failed = False
         return 0
     except (LatticeFlowsError, ValueError, OSError) as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the exception's text
+        # one line, whatever the exception's text; an OSError (a full disk: ENOSPC) names its file
+        message = " ".join(str(exc).split())
         print(f"lattice-flows: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lattice-flows: interrupted", file=sys.stderr)
         return 130
     finally:
+        _release_folders(failed)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

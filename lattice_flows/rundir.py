@@ -12,14 +12,29 @@
     summary.csv        mean, error, tau_int, exact value per observable; summary.txt the same as text
     figures/*.png      see lattice_flows.figures
 
+    .lock              who holds the folder (pid, host, command, start time), see below
+
 An existing folder is never overwritten by accident: :meth:`RunFolder.open` refuses it unless the
-caller resumes, and resuming checks that the spec is the one the folder was made with.
+caller resumes, and resuming checks that the spec is the one the folder was made with; only
+``n_trajectories`` may grow, which extends a finished run.
+
+One process at a time: :meth:`RunFolder.open` takes an exclusive ``fcntl.flock`` on ``.lock``
+before it looks at the folder's contents, and holds it until :meth:`RunFolder.release` (or the
+process ends, even by SIGKILL: the kernel drops the lock). A second process is refused with a
+:class:`RunFolderLocked` naming the holder. While holding it, ``open`` removes the ``.*.tmp``
+files that a write killed half way left behind.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import importlib.util
 import json
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +44,35 @@ from .checkpoint import write_atomic
 from .errors import LatticeFlowsError
 from .spec import differing_keys
 
-__all__ = ["RunFolder", "RunFolderError"]
+__all__ = ["RunFolder", "RunFolderError", "RunFolderLocked", "resume_difference"]
+
+LOCK_NAME = ".lock"
+#: Spec keys that may differ when a run is resumed: more trajectories extend a run.
+GROWING_KEYS = ("n_trajectories",)
 
 
 class RunFolderError(LatticeFlowsError):
     """A run folder cannot be created, resumed or read."""
+
+
+class RunFolderLocked(RunFolderError):
+    """Another process holds the run folder."""
+
+
+def resume_difference(saved: dict[str, Any], spec: dict[str, Any]) -> str | None:
+    """Why a run made with spec ``saved`` cannot be resumed with ``spec``, or ``None`` if it can.
+
+    Only ``n_trajectories`` may differ, and only grow (the chains go on from where they stopped).
+    """
+    keys = differing_keys(saved, spec)
+    fixed = [k for k in keys if k not in GROWING_KEYS]
+    if fixed:
+        return f"differs in {', '.join(fixed)}"
+    for key in keys:
+        old, new = saved.get(key), spec.get(key)
+        if not (isinstance(old, int) and isinstance(new, int) and new >= old):
+            return f"{key} can only grow, from {old!r}; got {new!r}"
+    return None
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -60,37 +99,169 @@ class RunFolder:
         self.summary_csv = self.path / "summary.csv"
         self.summary_txt = self.path / "summary.txt"
         self.figures = self.path / "figures"
+        #: Whether this process made the folder (by :meth:`open`), and the lock's file descriptor while held.
+        self.created = False
+        self._made_dir = False
+        self._lock_fd: int | None = None
 
     @classmethod
     def open(cls, path: str | Path, spec: dict[str, Any], *, resume: bool) -> "RunFolder":
         """A new run folder for ``spec``, or, with ``resume``, the existing one made with the same spec.
 
+        The folder comes back locked (see the module docstring); call :meth:`release` when done.
+        With ``resume``, ``spec`` may have a larger ``n_trajectories`` than the folder's run: the
+        run is extended, and ``spec.json`` rewritten.
+
         Raises :class:`RunFolderError` for an existing folder without ``resume``, a folder that is
-        not a run folder, a resumed folder made with another spec, or one that cannot be written.
+        not a run folder, a resumed folder made with another spec, or one that cannot be written;
+        :class:`RunFolderLocked` when another process holds the folder.
         """
         folder = cls(path)
-        exists = folder.path.exists() and any(folder.path.iterdir()) if folder.path.is_dir() else folder.path.exists()
-        if exists:
-            if not folder.path.is_dir() or not folder.spec.exists():
-                raise RunFolderError(f"{folder.path}: exists and is not a lattice-flows run folder; choose another --out")
-            if not resume:
-                raise RunFolderError(
-                    f"{folder.path}: a run folder already exists; pass --resume to continue it, or choose another --out"
-                )
-            saved = folder.read_spec()
-            if saved != spec:
-                raise RunFolderError(
-                    f"{folder.path}: the folder's run was made with another spec "
-                    f"(differs in {', '.join(differing_keys(saved, spec))}); "
-                    "resume it with the same spec, or choose another --out"
-                )
-            return folder
+        if folder.path.exists() and not folder.path.is_dir():
+            raise RunFolderError(f"{folder.path}: exists and is not a lattice-flows run folder; choose another --out")
+        if folder._has_files() and not folder.spec.exists():  # someone else's folder: write nothing into it
+            raise RunFolderError(f"{folder.path}: exists and is not a lattice-flows run folder; choose another --out")
         try:
+            existed = folder.path.is_dir()
             folder.path.mkdir(parents=True, exist_ok=True)
-            _write_text(folder.spec, json.dumps(spec, indent=2) + "\n")
         except OSError as exc:
             raise RunFolderError(f"{folder.path}: cannot write the run folder ({exc.strerror or exc})") from None
+        folder._made_dir = not existed
+        folder._lock()
+        try:
+            folder._open_locked(spec, resume=resume)
+        except BaseException:
+            folder._discard() if not folder._has_files() else folder.release()
+            raise
         return folder
+
+    def _open_locked(self, spec: dict[str, Any], *, resume: bool) -> None:
+        if self._has_files():
+            if not self.spec.exists():
+                raise RunFolderError(f"{self.path}: exists and is not a lattice-flows run folder; choose another --out")
+            if not resume:
+                raise RunFolderError(
+                    f"{self.path}: a run folder already exists; pass --resume to continue it, or choose another --out"
+                )
+            saved = self.read_spec()
+            why = resume_difference(saved, spec)
+            if why is not None:
+                raise RunFolderError(
+                    f"{self.path}: the folder's run was made with another spec ({why}); "
+                    "resume it with the same spec, or choose another --out"
+                )
+            self.remove_orphans()
+            if saved != spec:  # more trajectories: the run is extended
+                self._write_spec(spec)
+            return
+        self.created = True
+        self._write_spec(spec)
+
+    def _write_spec(self, spec: dict[str, Any]) -> None:
+        try:
+            _write_text(self.spec, json.dumps(spec, indent=2) + "\n")
+        except OSError as exc:
+            raise RunFolderError(f"{self.path}: cannot write the run folder ({exc.strerror or exc})") from None
+
+    def _has_files(self) -> bool:
+        """Whether the folder exists and holds anything but the lock file."""
+        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
+
+    # -- the lock -----------------------------------------------------------------------------
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_NAME
+
+    def _lock(self) -> None:
+        """Take the folder's exclusive lock and write who holds it; :class:`RunFolderLocked` if taken."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunFolderError(f"{self.path}: cannot write the run folder ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"{self.path}: cannot lock the run folder ({exc.strerror or exc})") from None
+            raise RunFolderLocked(
+                f"{self.path}: the run folder is in use by {self.holder()}; wait for it to end, or choose another --out"
+            ) from None
+        try:
+            current = os.stat(self.lock_file).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(fd).st_ino:  # the holder removed this lock file as we opened it (see _discard)
+            os.close(fd)
+            raise RunFolderLocked(f"{self.path}: the run folder was in use and has just been removed; try again")
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise RunFolderError(f"{self.lock_file}: cannot write ({exc.strerror or exc})") from None
+        self._lock_fd = fd
+
+    def holder(self) -> str:
+        """Who holds the lock, in words (from the lock file), e.g. ``pid 123 on host a (lattice-flows run s.toml), since ...``."""
+        try:
+            info = json.loads(self.lock_file.read_text())
+            return f"pid {info['pid']} on host {info['host']} ({info['command']}), since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (it has not written its details yet)"
+
+    def release(self) -> None:
+        """Give the lock back (the process's end does it too)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def remove_orphans(self) -> list[Path]:
+        """Remove the ``.*.tmp`` files a killed write left (anywhere in the folder); only while holding the lock."""
+        if not self.locked:
+            raise RunFolderError(f"{self.path}: orphan files are only removed while holding the folder's lock")
+        removed = []
+        for tmp in self.path.rglob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
+    def remove_if_only_spec(self) -> bool:
+        """After a job failed before it wrote anything but ``spec.json``: remove what :meth:`open` made, so that
+        the same command works once the cause is fixed. Only for a new folder that this process holds."""
+        if not (self.created and self.locked):
+            return False
+        if any(p.name not in (LOCK_NAME, "spec.json") for p in self.path.iterdir()):
+            return False
+        self.spec.unlink(missing_ok=True)
+        self._discard()
+        return True
+
+    def _discard(self) -> None:
+        """Remove the lock file (while holding it, so that no other process can hold a removed one), release it,
+        and remove the folder if :meth:`open` made it and it is empty now."""
+        try:
+            self.lock_file.unlink(missing_ok=True)
+        except OSError:
+            pass
+        self.release()
+        if self._made_dir:
+            try:
+                self.path.rmdir()
+            except OSError:  # another process put something in it: leave it
+                pass
 
     # -- reading ------------------------------------------------------------------------------
 

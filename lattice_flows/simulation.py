@@ -19,7 +19,7 @@ import torch
 
 from . import analysis, distributed
 from .base import Action, Flow, Observable, Sampler
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import CheckpointError, checkpoint_digest, encode_checkpoint, load_checkpoint, save_atomic, write_atomic
 from .errors import LatticeFlowsError, SpecError
 from .params import choice, integer
 from .progress import progress_bar
@@ -79,6 +79,21 @@ class RunSettings:
 
 def _to_cpu(value: Any) -> Any:
     return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _segments_dir(checkpoint: Path) -> Path:
+    """The folder of a chains checkpoint's measurement segments: ``chains.pt`` -> ``chains.records``."""
+    return checkpoint.with_suffix(".records")
+
+
+def _remove_segments(checkpoint: Path, keep) -> None:
+    """Remove the segment files of ``checkpoint`` not named in ``keep`` (rank 0 only)."""
+    folder = _segments_dir(checkpoint)
+    if not distributed.is_main() or not folder.is_dir():
+        return
+    for segment in folder.glob("rows-*.pt"):
+        if segment.name not in keep:
+            segment.unlink(missing_ok=True)
 
 
 class RunInterrupted(LatticeFlowsError):
@@ -507,8 +522,12 @@ class Simulation:
         ``checkpoint``: a file for the chains' state. It is written (atomically) every
         ``checkpoint_every`` updates and at the end; if it exists when the run starts, the run
         continues from it, so that on the CPU the table is row for row the one an uninterrupted run
-        gives. It holds the fields (and the sampler's other state, such as FTHMC's latent field),
-        the generator's state, the sampler as tuned so far and the measurements so far.
+        gives; a larger ``n_trajectories`` than the checkpoint's extends the run (nothing else may
+        differ). It holds the fields (and the sampler's other state, such as FTHMC's latent field),
+        the generator's state and the sampler as tuned so far, rewritten at every save; the
+        measurements are appended, one segment file per save, in the folder ``<checkpoint stem>.records``
+        beside it (``chains.records/rows-000000000-000000100.pt``), which the checkpoint lists with
+        their SHA-256, so that the cost of saving does not grow with the run.
         ``should_stop()``: asked after every update; when true, the checkpoint is written and
         :class:`RunInterrupted` raised. ``progress``: a tqdm bar with the running acceptance and
         ``delta_H`` (default: only when standard error is a terminal).
@@ -517,9 +536,12 @@ class Simulation:
         total = n_therm + n_traj
         chains = self.local_chains()
         checkpoint = Path(checkpoint) if checkpoint is not None else None
+        saved = {"rows": 0, "segments": []}  # the measurements in the checkpoint's segment files so far
         if checkpoint is not None and checkpoint.exists():
-            generator, sampler, state, done, records = self._resume(checkpoint)
+            generator, sampler, state, done, records, saved = self._resume(checkpoint)
         else:
+            if checkpoint is not None:
+                _remove_segments(checkpoint, keep=())  # a previous run's, never to be listed again
             generator = self.generator()
             sampler = self.sampler
             if initial is None:
@@ -536,7 +558,7 @@ class Simulation:
 
         def save():
             if checkpoint is not None:
-                self._save_chains(checkpoint, generator, sampler, state, done, records)
+                self._save_chains(checkpoint, generator, sampler, state, done, records, saved)
 
         progress = progress if distributed.is_main() else False
         accepted_sum, accepted_n = 0.0, 0
@@ -573,19 +595,41 @@ class Simulation:
         table.attrs["sampler"] = component_spec("samplers", sampler)  # as tuned during thermalization
         return table
 
-    def _save_chains(self, path: Path, generator, sampler: Sampler, state, done: int, records) -> None:
-        """Write the chains checkpoint; under several ranks, every rank's part into rank 0's one file."""
+    def _save_chains(self, path: Path, generator, sampler: Sampler, state, done: int, records, saved) -> None:
+        """Write the chains checkpoint: the measurements since the last save as a new segment file, then the
+        small state (which lists the segments) atomically over ``path``. Under several ranks, every rank's
+        part goes into rank 0's files. ``saved``: ``{"rows", "segments"}`` so far, updated here."""
+        start = saved["rows"]
+        stop = len(next(iter(records.values()))) if records else 0
+        new = {key: torch.stack(values[start:stop]).cpu() for key, values in records.items()} if stop > start else None
         part = {
             "generator": generator.get_state(),
             "sampler": component_spec("samplers", sampler),
             "state": {f.name: _to_cpu(getattr(state, f.name)) for f in attrs.fields(type(state))},
-            "records": {key: torch.stack(values).cpu() for key, values in records.items()},
         }
-        parts = distributed.all_gather_objects(part)
-        if distributed.is_main():
-            save_atomic({"kind": "chains", "spec": self.to_spec(), "updates_done": done, "ranks": parts}, path)
+        gathered = distributed.all_gather_objects((part, new))
+        saved["rows"] = stop
+        if not distributed.is_main():
+            return
+        if stop > start:
+            name = f"rows-{start:09d}-{stop:09d}.pt"
+            blob = encode_checkpoint({"kind": "chains records", "rows": [start, stop], "ranks": [g[1] for g in gathered]})
+            write_atomic(_segments_dir(path) / name, lambda tmp: tmp.write_bytes(blob))
+            saved["segments"].append({"name": name, "rows": [start, stop], "sha256": checkpoint_digest(blob)})
+        save_atomic(
+            {
+                "kind": "chains",
+                "spec": self.to_spec(),
+                "updates_done": done,
+                "ranks": [g[0] for g in gathered],
+                "segments": list(saved["segments"]),
+            },
+            path,
+        )
 
     def _resume(self, path: Path):
+        from .rundir import resume_difference
+
         data = load_checkpoint(path)
         if data.get("kind") != "chains":
             raise CheckpointError(f"{path}: not a chains checkpoint (it holds {data.get('kind', 'a flow')!r})")
@@ -594,21 +638,46 @@ class Simulation:
                 f"{path}: the chains were run by {len(data['ranks'])} processes; resume with as many (now {distributed.world_size()})"
             )
         part = data["ranks"][distributed.rank()]
-        saved = data["spec"]
-        mine = self.to_spec()
-        if saved != mine:
-            raise CheckpointError(
-                f"{path}: the chains checkpoint was written by another spec (differs in {', '.join(differing_keys(saved, mine))}); "
-                "start a new run instead"
-            )
+        why = resume_difference(data["spec"], self.to_spec())
+        if why is not None:
+            raise CheckpointError(f"{path}: the chains checkpoint was written by another spec ({why}); start a new run instead")
         sampler = build_component("samplers", part["sampler"], f"{path}: sampler", self._context())
         fields = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in part["state"].items()}
         state = sampler.init(fields["x"], self.action)
         state = attrs.evolve(state, **fields)
         generator = torch.Generator(device=self.device)
         generator.set_state(part["generator"])
-        records = {key: list(values.to(self.device).unbind(0)) for key, values in part["records"].items()}
-        return generator, sampler, state, int(data["updates_done"]), records
+        if "segments" in data:
+            saved = {"rows": 0, "segments": list(data["segments"])}
+            pieces = self._read_segments(path, saved)
+        else:  # version 1: the measurements inside the checkpoint
+            pieces = [part["records"]] if part["records"] else []
+            saved = {"rows": 0, "segments": []}
+        records: dict[str, list[torch.Tensor]] = {}
+        for piece in pieces:
+            for key, values in piece.items():
+                records.setdefault(key, []).extend(values.to(self.device).unbind(0))
+        if "segments" not in data:  # rewritten as segments at the next save
+            saved["rows"] = 0
+        return generator, sampler, state, int(data["updates_done"]), records, saved
+
+    def _read_segments(self, path: Path, saved: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """This rank's measurements from the segment files the checkpoint ``path`` lists, checked by SHA-256."""
+        folder = _segments_dir(path)
+        pieces = []
+        for entry in saved["segments"]:
+            start, stop = entry["rows"]
+            if start != saved["rows"]:
+                raise CheckpointError(f"{path}: its segment list has a gap at row {saved['rows']} (the file is corrupted)")
+            segment = folder / entry["name"]
+            if not segment.exists():
+                raise CheckpointError(f"{path}: the measurements file {segment} it lists is missing; start a new run")
+            data = load_checkpoint(segment, digest=entry["sha256"])
+            pieces.append(data["ranks"][distributed.rank()])
+            saved["rows"] = stop
+        if distributed.is_main():
+            _remove_segments(path, keep={entry["name"] for entry in saved["segments"]})  # written, then killed before listed
+        return pieces
 
     def _table(self, records: dict[str, list[torch.Tensor]], chains: range) -> pd.DataFrame:
         n_traj = self.settings.n_trajectories

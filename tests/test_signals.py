@@ -1,0 +1,108 @@
+"""SIGINT and SIGTERM: the first saves at the next update boundary, a second one (of either kind) ends the
+process at once, leaving the last checkpoint intact, so that --resume gives the uninterrupted table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lattice_flows import Simulation
+from lattice_flows.cli import main
+
+WORKER = Path(__file__).resolve().parent / "workers" / "slow_update.py"
+
+SPEC_TOML = """
+n_chains = 3
+n_thermalization = 10
+n_trajectories = 40
+seed = 4
+
+[lattice]
+shape = [4, 4]
+
+[action]
+name = "u1_wilson"
+beta = 1.5
+
+[sampler]
+name = "hmc"
+integrator = {{ name = "leapfrog", step_size = 0.2, n_steps = {n_steps} }}
+"""
+
+
+def _launch(command, cwd, **env):
+    return subprocess.Popen(
+        command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for(path: Path, process, timeout=120.0):
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < end, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _two_signals(process, first, second) -> tuple[int, str, float]:
+    """Send ``first``; check that the process waits for its update to end; send ``second``; the exit status,
+    standard error and seconds from the second signal to the end."""
+    process.send_signal(first)
+    time.sleep(1.5)
+    assert process.poll() is None, "the first signal must wait for the update under way to end"
+    sent = time.monotonic()
+    process.send_signal(second)
+    try:
+        _, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail(f"the process did not end within 20 s of a second {second.name}")
+    return process.returncode, err, time.monotonic() - sent
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
+    ids=["term-term", "int-term", "term-int"],
+)
+def test_a_second_signal_ends_a_long_update_at_once(tmp_path, first, second):
+    spec = tmp_path / "long.toml"
+    spec.write_text(SPEC_TOML.format(n_steps=10**7))  # one trajectory takes far longer than the test
+    process = _launch([sys.executable, "-m", "lattice_flows", "run", str(spec), "--out", "long", "--threads", "1"], tmp_path)
+    _wait_for(tmp_path / "long" / "spec.json", process)
+    time.sleep(1.0)  # into the first update
+    code, err, seconds = _two_signals(process, first, second)
+    assert code == 128 + second, err
+    assert f"{second.name} again: stopped at once" in err and "Traceback" not in err, err
+    assert seconds < 10
+    assert json.loads((tmp_path / "long" / "spec.json").read_text())["sampler"]["integrator"]["n_steps"] == 10**7
+
+
+def test_the_folder_resumes_after_two_sigterms_to_the_uninterrupted_table(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "small.toml"
+    spec.write_text(SPEC_TOML.format(n_steps=5))
+    # checkpoints after updates 5, 10, 15, 20; the 13th measured update (update 23) never ends
+    process = _launch(
+        [sys.executable, str(WORKER), "run", str(spec), "--out", "cut", "--quiet", "--checkpoint-every", "5"], tmp_path,
+        SLOW_AFTER="12",
+    )
+    _wait_for(tmp_path / "cut" / "chains.records" / "rows-000000005-000000010.pt", process)
+    time.sleep(1.0)
+    code, err, seconds = _two_signals(process, signal.SIGTERM, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM and seconds < 10, err
+    assert not (tmp_path / "cut" / "table.parquet").exists()
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(spec), "--out", "cut", "--quiet", "--resume"]) == 0
+    uninterrupted = Simulation.from_spec(json.loads((tmp_path / "cut" / "spec.json").read_text())).run(progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cut" / "table.parquet"), uninterrupted, check_dtype=False)
+    assert not list((tmp_path / "cut").rglob("*.tmp"))
