@@ -180,8 +180,9 @@ def train_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> No
         sim.save(folder.flow)  # every rank takes part (RNG states are gathered); rank 0 writes
         if distributed.is_main():
             folder.write_history(sim.history)
-    last = sim.history.iloc[-1]
-    log.info("training: %d steps, %.0f s, last loss %.4g, ESS %.3f", len(sim.history), last["seconds"], last["loss"], last["ess"])
+    from .flow_report import training_line
+
+    log.info("training: %s", training_line(sim.history))
     if distributed.any_rank(stop()):
         raise Stopped(f"training stopped at step {len(sim.history)}; the flow is saved in {folder.flow}")
     if distributed.is_main():
@@ -196,6 +197,12 @@ def sample_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> p
     )
     if sim.flow is not None and distributed.all_gather_objects(folder.flow.exists())[0] is False:
         sim.save(folder.flow)  # the flow the chains ran with, so that --resume and report find it
+    if sim.flow is not None and distributed.is_main():
+        from .flow_report import flow_quality_on_lattice
+
+        message, quality = flow_quality_on_lattice(sim)  # ESS on this lattice, fresh samples
+        log.info("%s", message)
+        folder.update_status(**quality)
     start = time.perf_counter()
     try:
         table = sim.run(checkpoint=folder.chains, checkpoint_every=args.checkpoint_every, progress=False if args.quiet else None, should_stop=stop)
@@ -214,12 +221,15 @@ def sample_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> p
 def report(sim: Simulation, folder: RunFolder, table: pd.DataFrame) -> None:
     """Summary (printed and written) and figures of a finished run."""
     from .figures import write_figures
+    from .flow_report import figure_context
 
     summary = sim.summary(table)
     text = format_summary(summary)
     folder.write_summary(summary, text)
     history = sim.history if sim.history is not None else folder.read_history()
-    figures = write_figures(folder.figures, table, summary=summary, observables=sim.observables, history=history)
+    figures = write_figures(
+        folder.figures, table, summary=summary, observables=sim.observables, history=history, **figure_context(sim, folder.status())
+    )
     print(text)
     for line in summary_warnings(summary):
         print(f"lattice-flows: warning: {line}", file=sys.stderr)
@@ -311,7 +321,7 @@ def _job(args: argparse.Namespace, *, train: bool, sample: bool) -> int:
     elif sim.history is not None:
         from .figures import write_figures
 
-        write_figures(folder.figures, pd.DataFrame(), history=sim.history)
+        write_figures(folder.figures, pd.DataFrame(), history=sim.history, lattice_shape=sim.lattice_shape)
     return 0
 
 

@@ -326,13 +326,23 @@ class Simulation:
         return sample_flow(flow, self.action, self.lattice_shape, n, generator=generator, dtype=self.dtype, device=self.device)
 
     @torch.no_grad()
-    def flow_quality(self, n: int = 1024, generator: torch.Generator | None = None) -> dict[str, float]:
-        """ESS and reverse-KL loss ``mean(log q + S)`` of the flow on ``n`` fresh samples."""
+    def flow_quality(self, n: int = 1024, generator: torch.Generator | None = None, *, batch_size: int = 256) -> dict[str, float]:
+        """ESS and reverse-KL loss ``mean(log q + S)`` of the flow on ``n`` fresh samples on this
+        simulation's lattice (``self.lattice_shape``, whatever lattice the flow was trained on),
+        drawn ``batch_size`` at a time from ``generator`` (default: a fresh :meth:`generator`, so
+        the run's own stream is untouched). The ESS is ``(sum w)^2 / (n sum w^2)`` over all ``n``."""
         from .training import effective_sample_size
 
-        x, log_q = self.sample_flow(n, generator)
-        s = self.action(x)
-        return {"ess": float(effective_sample_size(-(s + log_q))), "loss": float((log_q + s).mean())}
+        for name, value in (("n", n), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"flow_quality: {name} must be a positive integer, got {value!r}")
+        generator = generator if generator is not None else self.generator()
+        log_w = []
+        for start in range(0, n, batch_size):
+            x, log_q = self.sample_flow(min(batch_size, n - start), generator)
+            log_w.append(-(self.action(x) + log_q))
+        log_w = torch.cat(log_w)
+        return {"ess": float(effective_sample_size(log_w)), "loss": float(-log_w.mean())}
 
     def optimizer(self) -> torch.optim.Optimizer:
         """The Adam optimizer of the flow's parameters (kept across :meth:`train` calls and checkpoints)."""
@@ -414,6 +424,8 @@ class Simulation:
                 # one state per rank, so that every rank of a resumed run continues its own stream
                 "training_rng": None if rng is None else rngs,
                 "history": None if self.history is None else self.history.to_dict("list"),
+                # the lattice the history was trained on (Simulation.load puts it in history.attrs)
+                "training_lattice": None if self.history is None else list(self.history.attrs.get("lattice_shape", self.lattice_shape)),
             },
             path,
         )
@@ -423,8 +435,9 @@ class Simulation:
         """A simulation from a checkpoint, with top-level spec keys replaced by ``overrides``.
 
         ``Simulation.load("flow.pt", lattice={"shape": [16, 16]})`` puts a flow trained on 8x8 on a
-        16x16 lattice (the weights know no size); ``training={...}`` continues training from the
-        loaded weights, optimizer state and history. A ``flow`` override that differs from the
+        16x16 lattice (the weights know no size; ``history.attrs["lattice_shape"]`` keeps the 8x8
+        of the training); ``training={...}`` continues training from the loaded weights, optimizer
+        state and history. A ``flow`` override that differs from the
         checkpoint's is an error naming what differs.
         """
         data = load_checkpoint(path)
@@ -458,6 +471,8 @@ class Simulation:
                 )
         if data.get("history") is not None:
             sim.history = pd.DataFrame(data["history"])
+            # the lattice the flow was trained on, which an override may change (figures, log lines)
+            sim.history.attrs["lattice_shape"] = list(data.get("training_lattice") or saved["lattice"]["shape"])
         return sim
 
     # -- running ----------------------------------------------------------------------------

@@ -242,3 +242,61 @@ def train_flow(
             bar.close()
         flow.eval()
     return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+
+
+# -- the end-of-training figures that the log and training.png quote ---------------------------
+
+__all__ += ["smoothed_history", "smoothing_window", "Smoothed"]
+
+
+def smoothing_window(n_steps: int) -> int:
+    """Steps averaged by :func:`smoothed_history` for a history of ``n_steps`` rows: the last 5%,
+    at least 10 (all of them for a shorter history).
+
+    >>> [smoothing_window(n) for n in (0, 3, 100, 1000, 20000)]
+    [0, 3, 10, 50, 1000]
+    """
+    return min(n_steps, max(10, n_steps // 20))
+
+
+@attrs.frozen
+class Smoothed:
+    """A smoothed training figure: ``value`` is the mean of the finite values of the last
+    ``n_steps`` history rows (NaN when none is finite); ``label`` says so in words."""
+
+    value: float
+    n_steps: int
+
+    @property
+    def label(self) -> str:
+        return f"mean of the last {self.n_steps} step{'s' if self.n_steps != 1 else ''}"
+
+
+def smoothed_history(history: pd.DataFrame, column: str, window: int | None = None) -> Smoothed:
+    """The end-of-training value of ``column`` (``"ess"``, ``"loss"``) of a training history
+    (:func:`train_flow`), smoothed: the mean over the last ``window`` rows (default
+    :func:`smoothing_window`), non-finite (skipped) values left out.
+
+    A single step's ESS is the ESS of one batch, noisy and biased by its heavy-tailed weights; the
+    CLI's closing log line and ``training.png`` both quote this figure, with :attr:`Smoothed.label`.
+
+    >>> h = pd.DataFrame({"ess": [0.1, 0.2, float("nan"), 0.4]})
+    >>> s = smoothed_history(h, "ess", window=3)
+    >>> round(s.value, 6), s.n_steps, s.label
+    (0.3, 3, 'mean of the last 3 steps')
+
+    Raises:
+        KeyError: If the history has no column ``column``.
+        ValueError: If ``window`` is not a positive integer.
+    """
+    if column not in history.columns:
+        raise KeyError(f"the training history has no column {column!r}; it has {', '.join(map(str, history.columns))}")
+    n = len(history)
+    if window is None:
+        window = smoothing_window(n)
+    elif isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: expected a positive integer, got {window!r}")
+    window = min(window, n)
+    tail = pd.to_numeric(history[column].iloc[n - window :], errors="coerce").astype(float).tolist()
+    finite = [v for v in tail if math.isfinite(v)]
+    return Smoothed(value=math.fsum(finite) / len(finite) if finite else math.nan, n_steps=window)
