@@ -259,6 +259,14 @@ class Sampler(Component):
         """
         return self
 
+    def tuning_report(self, original: "Sampler") -> str | None:
+        """After thermalization: a warning about what :meth:`adapt` did to ``original`` (the spec's sampler), or None.
+
+        The simulation logs it as a warning; for example, a step size tuned so small that every update costs
+        many times what the spec's does.
+        """
+        return None
+
     @abc.abstractmethod
     def step(
         self, state: ChainState, action: Action, generator: torch.Generator

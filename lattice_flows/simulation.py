@@ -77,6 +77,13 @@ class RunSettings:
     start: str = choice(("hot", "cold"), help="initial fields: 'hot' draws from the prior, 'cold' is ordered", default="hot")
 
 
+def _report_tuning(original: Sampler, tuned: Sampler) -> None:
+    """Log the sampler's warning, if any, about its tuning during thermalization (rank 0 only)."""
+    message = tuned.tuning_report(original)
+    if message and distributed.is_main():
+        log.warning("%s", message)
+
+
 def _to_cpu(value: Any) -> Any:
     return value.cpu() if isinstance(value, torch.Tensor) else value
 
@@ -583,6 +590,8 @@ class Simulation:
                 state, info = sampler.step(state, self.action, generator)
                 if done < n_therm:
                     sampler = sampler.adapt(info, done)  # tuning (a step size, say) only while thermalizing
+                    if done + 1 == n_therm:
+                        _report_tuning(self.sampler, sampler)
                 else:
                     for key, value in {**info, **self.measure(state.x)}.items():
                         records.setdefault(key, []).append(value)

@@ -21,7 +21,16 @@ from lattice_flows import Action, ChainState, Flow, Integrator, Sampler, SplitFo
 from lattice_flows.base import autograd_force
 from lattice_flows.params import choice, component, injected
 
-from .hmc import kinetic_energy, metropolis, select, target_acceptance, tune_step_size
+from .hmc import (
+    check_tuning,
+    kinetic_energy,
+    metropolis,
+    select,
+    target_acceptance,
+    trajectory_length,
+    tune_step_size,
+    tuning_report,
+)
 
 __all__ = ["LatentAction", "FTHMC", "FlowIMH", "FlowChainState"]
 
@@ -94,6 +103,7 @@ class FTHMC(Sampler):
 
     integrator: Integrator = component("integrators", help="molecular-dynamics integrator for the latent field")
     target_acceptance: float = target_acceptance()
+    trajectory_length: float = trajectory_length()
     fast_force: str = choice(
         ("all", "action", "flow"),
         default="all",
@@ -104,8 +114,14 @@ class FTHMC(Sampler):
     )
     flow: Flow = injected("flow")
 
+    def __attrs_post_init__(self):
+        check_tuning(self)
+
     def adapt(self, info, iteration):
         return tune_step_size(self, info, iteration)
+
+    def tuning_report(self, original):
+        return tuning_report(original, self)
 
     @torch.no_grad()
     def init(self, x: Tensor, action: Action) -> FlowChainState:

@@ -9,19 +9,54 @@ import torch
 from torch import Tensor
 
 from lattice_flows import Action, ChainState, Integrator, Sampler, distributed
+from lattice_flows.errors import ParameterError
 from lattice_flows.params import component, real
 
-__all__ = ["HMC", "kinetic_energy", "metropolis", "select", "tune_step_size", "target_acceptance"]
+__all__ = [
+    "HMC", "kinetic_energy", "metropolis", "select", "tune_step_size", "tuning_report", "target_acceptance", "trajectory_length",
+]
 
 
 def target_acceptance():
     """The spec parameter of samplers whose step size is tuned during thermalization."""
     return real(
-        help="tune the step size during thermalization toward this mean acceptance probability; 0 turns tuning off",
+        help=(
+            "tune the step size during thermalization toward this mean acceptance probability, keeping the "
+            "trajectory length (n_steps follows the step); 0 turns tuning off"
+        ),
         default=0.0,
         ge=0.0,
         lt=1.0,
     )
+
+
+#: Above this many times the spec's integration steps per trajectory, tuning warns (see :func:`tuning_report`).
+COSTLY_TUNING = 4.0
+
+
+def trajectory_length():
+    """The spec parameter that fixes the molecular-dynamics time of a trajectory while the step is tuned."""
+    return real(
+        help=(
+            "molecular-dynamics time of a trajectory, kept while target_acceptance tunes the step size: "
+            "n_steps = max(1, round(trajectory_length / step_size)); 0: the integrator's step_size * n_steps "
+            "(filled in by the tuning)"
+        ),
+        default=0.0,
+        ge=0.0,
+        lt=1e6,
+    )
+
+
+def check_tuning(sampler) -> None:
+    """Spec check of a tuned sampler: ``trajectory_length`` is only used by tuning."""
+    if sampler.trajectory_length and not sampler.target_acceptance:
+        raise ParameterError(
+            "trajectory_length",
+            f"is used only while target_acceptance tunes the step size; got trajectory_length = "
+            f"{sampler.trajectory_length!r} with target_acceptance = 0 (set target_acceptance, or set the "
+            "integrator's step_size and n_steps instead)",
+        )
 
 
 def tune_step_size(sampler, info: dict[str, Tensor], iteration: int):
@@ -30,15 +65,53 @@ def tune_step_size(sampler, info: dict[str, Tensor], iteration: int):
     Robbins-Monro on ``log step_size`` with gain ``1/sqrt(iteration + 1)``, driven by the mean
     Metropolis probability ``min(1, exp(-delta_H))`` over the chains (less noisy than the accept flags),
     over all ranks' chains when several processes run (so that every rank tunes to the same step size).
+
+    The trajectory length ``T`` (molecular-dynamics time) is kept: ``T = sampler.trajectory_length``,
+    or, when that is 0, the integrator's ``step_size * n_steps`` as the spec gives it (it is then
+    written into the returned sampler, so that later calls and a resumed run keep the same ``T``).
+    The step is capped at ``T`` and ``n_steps = max(1, round(T / step_size))``, so that
+    ``step_size * n_steps`` is within half a step of ``T``. Shrinking the step alone, at fixed
+    ``n_steps``, would shorten the trajectory until the chains random-walk (a poor flow tuned FTHMC
+    to trajectories of length 0.1 that had not thermalized after 200 updates).
     """
     if not sampler.target_acceptance:
         return sampler
+    integrator = sampler.integrator
+    length = sampler.trajectory_length or integrator.step_size * integrator.n_steps
     p = torch.exp(-info["delta_H"]).clamp(max=1.0).nan_to_num(0.0)
     total, count = distributed.mean_over_ranks(torch.stack([p.sum(), torch.tensor(float(p.numel()), dtype=p.dtype, device=p.device)]))
     probability = (total / count).item()
     factor = math.exp((probability - sampler.target_acceptance) / math.sqrt(iteration + 1))
-    integrator = attrs.evolve(sampler.integrator, step_size=sampler.integrator.step_size * factor)
-    return attrs.evolve(sampler, integrator=integrator)
+    step_size = min(integrator.step_size * factor, length)
+    n_steps = max(1, round(length / step_size))
+    integrator = attrs.evolve(integrator, step_size=step_size, n_steps=n_steps)
+    return attrs.evolve(sampler, integrator=integrator, trajectory_length=length)
+
+
+def tuning_report(original, tuned) -> str | None:
+    """A warning when tuning made a trajectory cost far more integration steps than ``original``'s, else None.
+
+    ``original`` is the sampler as the spec gives it, ``tuned`` the one after thermalization. Many more
+    steps at the same trajectory length mean the target acceptance needs a much smaller step than the
+    spec's: for FTHMC a poorly trained flow (whose latent force is stiff), for HMC a step that was far
+    too large to start with or a target acceptance close to 1.
+    """
+    if not original.target_acceptance:
+        return None
+    before, after = original.integrator, tuned.integrator
+    if after.n_steps <= COSTLY_TUNING * before.n_steps:
+        return None
+    return (
+        f"the step size tuned to target_acceptance {tuned.target_acceptance:g} is {after.step_size:.3g} "
+        f"(spec {before.step_size:.3g}), so a trajectory of length {tuned.trajectory_length:.3g} takes "
+        f"{after.n_steps} steps, {after.n_steps / before.n_steps:.1f} times the spec's {before.n_steps}: every update "
+        "costs that much more; "
+        + (
+            "a flow that needs so small a step is poor: train it longer (docs/flows.md)"
+            if hasattr(tuned, "flow")
+            else "lower target_acceptance or trajectory_length if that is too slow"
+        )
+    )
 
 
 def kinetic_energy(v: Tensor) -> Tensor:
@@ -69,9 +142,16 @@ class HMC(Sampler):
 
     integrator: Integrator = component("integrators", help="molecular-dynamics integrator (a name or a table)")
     target_acceptance: float = target_acceptance()
+    trajectory_length: float = trajectory_length()
+
+    def __attrs_post_init__(self):
+        check_tuning(self)
 
     def adapt(self, info, iteration):
         return tune_step_size(self, info, iteration)
+
+    def tuning_report(self, original):
+        return tuning_report(original, self)
 
     def trajectory(self, x: Tensor, v: Tensor, action: Action) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate from ``(x, v)``; returns ``(x', v', delta_H)`` without accepting anything."""
