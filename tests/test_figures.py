@@ -444,3 +444,14 @@ def test_a_full_disk_while_writing_figures_ends_the_run_with_an_error(tmp_path, 
     assert "Traceback" not in "\n".join(err)
     figures = tmp_path / "out" / "figures"
     assert not figures.exists() or not any(figures.iterdir())
+
+
+@pytest.mark.slow
+def test_histories_of_64_chains_of_100000_trajectories_stay_readable(tmp_path, drawn):
+    # the largest run the figure is meant for: 6.4 million rows, about 20 s on two busy cores
+    write_figures(tmp_path, _long_table(64, 100_000))
+    fig = drawn["histories.png"]
+    for ax in fig.axes:
+        assert sum(len(line.get_xdata()) for line in ax.get_lines()) <= 2 * READABLE_POINTS
+    overall = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == "all 64 chains"]
+    assert len(overall) == 2 and len(overall[0].get_xdata()) == 50
