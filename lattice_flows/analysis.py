@@ -507,11 +507,12 @@ def summarize(
                 f"{role} column {name!r} not in table; columns: {list(table.columns)}"
             )
     try:
-        drift_threshold = float(drift_threshold)
+        threshold = float(drift_threshold)
     except (TypeError, ValueError):
-        drift_threshold = math.nan
-    if not (math.isfinite(drift_threshold) and drift_threshold > 0):
+        threshold = math.nan
+    if isinstance(drift_threshold, bool) or not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"drift_threshold must be a positive number of standard errors, got {drift_threshold!r}")
+    drift_threshold = threshold
     if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
         raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
     if len(table) == 0:

@@ -317,3 +317,21 @@ def test_compare_samplers_footnote_only_for_unreliable_tau(capsys):
     module.print_table([row, {**row, "sampler": "fthmc", "tau reliable": False, "tau note": note}], [8, 8])
     out = capsys.readouterr().out
     assert f"* fthmc: tau_int(Q) unreliable: {note}" in out and "hmc: tau_int" not in out.replace("fthmc", "")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"drift_threshold": 0}, "drift_threshold .* got 0"),
+        ({"drift_threshold": "x"}, "drift_threshold .* got 'x'"),
+        ({"drift_threshold": math.inf}, "drift_threshold"),
+        ({"min_blocks": 1}, "min_blocks must be an integer >= 2, got 1"),
+        ({"tau_exp": math.nan}, "tau_exp must be a positive finite number, got nan"),
+        ({"tau_exp": "frozen"}, "tau_exp 'frozen': its tau_int is undefined"),
+    ],
+)
+def test_summarize_checks_its_new_arguments(kwargs, match):
+    rng = np.random.default_rng(2)
+    table = long_table({"plaquette": ar1(0.5, 2, 100, rng), "frozen": np.ones((2, 100))})
+    with pytest.raises(ValueError, match=match):
+        summarize(table, **kwargs)
