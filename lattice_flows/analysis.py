@@ -626,6 +626,14 @@ def summarize(
         row["note"] = "; ".join(failures + remarks)
         rows[name] = row
 
+    bookkeeping = [name for name in ("accepted", "delta_H", "exp(-delta_H)", identity) if name in rows]
+    if "delta_H" in rows and all(rows[name]["error"] == 0.0 for name in bookkeeping) and rows["delta_H"]["mean"] == 0.0 and (
+        "accepted" not in rows or rows["accepted"]["mean"] == 1.0
+    ):
+        # a sampler without an accept/reject step (exact sampling): these rows are constant by construction
+        for name in bookkeeping:
+            rows[name].update(reliable=True, note="constant by construction: the sampler has no accept/reject step")
+
     out = pd.DataFrame.from_dict(rows, orient="index", columns=list(SUMMARY_COLUMNS))
     out.index.name = "observable"
     return out.astype({"window": int, "n_samples": int, "reliable": bool})

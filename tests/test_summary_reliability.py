@@ -335,3 +335,17 @@ def test_summarize_checks_its_new_arguments(kwargs, match):
     table = long_table({"plaquette": ar1(0.5, 2, 100, rng), "frozen": np.ones((2, 100))})
     with pytest.raises(ValueError, match=match):
         summarize(table, **kwargs)
+
+
+def test_an_exact_sampler_without_accept_reject_gives_no_warning():
+    # u1_exact writes accepted = True and delta_H = 0 for every update: constant by construction
+    rng = np.random.default_rng(3)
+    table = long_table({"accepted": np.ones((4, 200), dtype=bool), "delta_H": np.zeros((4, 200)),
+                        "plaquette": ar1(0.0, 4, 200, rng)})
+    s = summarize(table)
+    assert summary_warnings(s) == [] and s["reliable"].all()
+    assert "no accept/reject step" in s.loc["exp(-delta_H)", "note"]
+    # but HMC that never accepts is stuck, and says so
+    table["accepted"] = False
+    table["delta_H"] = 50.0
+    assert {w.split(":")[0] for w in summary_warnings(summarize(table))} >= {"accepted", "delta_H"}
