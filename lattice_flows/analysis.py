@@ -477,6 +477,10 @@ def summarize(
           by e^K, has an honest error however heavy the tail.
         * ``accepted`` (bool or 0/1): analysed as it is, so its mean is the
           acceptance rate and its error accounts for autocorrelation.
+        * When ``delta_H`` is 0 and ``accepted`` (if present) 1 in every row, the sampler
+          has no accept/reject step (exact sampling): these rows are constant by
+          construction and stay reliable, with a note, instead of being flagged as
+          constant series.
 
         A ``delta_H`` with non-finite values (a trajectory whose energy diverged)
         gets its plain mean, no error, ``reliable`` false and a note saying how many
@@ -496,8 +500,8 @@ def summarize(
         ...                   "trajectory": [0, 1, 2, 0, 1, 2],
         ...                   "delta_H": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]})
         >>> row = summarize(t).loc["exp(-delta_H)"]
-        >>> float(row["mean"]), float(row["error"]), bool(row["reliable"])
-        (1.0, 0.0, False)
+        >>> float(row["mean"]), float(row["error"]), bool(row["reliable"]), row["note"]
+        (1.0, 0.0, True, 'constant by construction: the sampler has no accept/reject step')
     """
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"table must be a pandas.DataFrame, got {type(table).__name__}")
