@@ -102,6 +102,8 @@ class GammaResult:
         reliable: False when the estimate should not be trusted as it stands: the
             series is constant, or the window did not close (see ``note``).
         note: Empty when ``reliable``; otherwise why not.
+        tail: The part of ``tau_int`` from the exponential tail, ``tau_exp |rho(W + 1)|``,
+            when :func:`gamma_method` was given ``tau_exp``; else 0.
     """
 
     mean: float
@@ -114,9 +116,10 @@ class GammaResult:
     gamma: np.ndarray = dataclasses.field(repr=False, compare=False)
     reliable: bool = True
     note: str = ""
+    tail: float = 0.0
 
 
-def gamma_method(data, *, S: float = 1.5) -> GammaResult:
+def gamma_method(data, *, S: float = 1.5, tau_exp: float | None = None, n_sigma: float = 1.0) -> GammaResult:
     """Mean, error and integrated autocorrelation time of a Monte Carlo series.
 
     Args:
@@ -128,6 +131,17 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
         S: Wolff's S_tau, the factor between the window and the estimated
             exponential autocorrelation time. 1.5 is Wolff's default; larger values
             trade more statistical error for less truncation bias. Must be > 0.
+        tau_exp: The exponential autocorrelation time of the slowest mode of the
+            simulation (in samples), for the tail correction of Schaefer, Sommer and
+            Virotta (arXiv:1009.5228, sec. 4.2): ``None`` (default) for Wolff's window
+            alone. With it, the sum over rho(t) is cut at the first W_u where rho(W_u)
+            is within ``n_sigma`` of its error of 0 (Wolff's eq. (E.11) for the error),
+            and the tail is modelled as one exponential, ``tau_exp |rho(W_u + 1)|``,
+            which is added to tau_int (its error ``tau_exp drho(W_u + 1)`` is added to
+            tau_int_error in quadrature; the error of ``tau_exp`` itself is not). Every
+            observable of a run couples to its slowest mode, so the same ``tau_exp``
+            serves them all; the topological charge's own tau_int is an estimate of it.
+        n_sigma: Standard errors of rho(t) that fix W_u (> 0; SSV and pyerrors use 1).
 
     Returns:
         A :class:`GammaResult`.
@@ -175,6 +189,9 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
         (2.0, 0.0, nan, False)
     """
     S = _check_S(S)
+    if tau_exp is not None:
+        tau_exp = _check_positive("tau_exp", tau_exp)
+    n_sigma = _check_positive("n_sigma", n_sigma)
     x = _as_chains(data)
     n_chains, n_per_chain = x.shape
     n_total = x.size
@@ -211,13 +228,20 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
     # Subtracting the estimated mean biases every Gamma(t) by -C_F/N to leading
     # order (Wolff eq. (49)); add it back, then recompute C_F from the result.
     gamma = gamma + c_f / n_total
+    tail = tail_error = 0.0
+    if tau_exp is not None:
+        # Schaefer-Sommer-Virotta: sum rho(t) while it is significant, then attach tau_exp rho
+        window, closed, tail, tail_error = _exponential_tail(gamma / gamma[0], tau_exp, n_sigma, n_total)
     c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()
 
     rho = gamma[: min(2 * window, w_max) + 1] / gamma[0]
-    tau_int = c_f / (2.0 * gamma[0])
+    tau_window = c_f / (2.0 * gamma[0])
     # W + 1/2 - tau_int >= 0 holds when |rho(t)| <= 1, which the chain-wise
     # normalisation by (N_r - t) does not guarantee for tiny chains; clip there.
-    tau_int_error = 2.0 * tau_int * math.sqrt(max(window + 0.5 - tau_int, 0.0) / n_total)
+    tau_int_error = 2.0 * tau_window * math.sqrt(max(window + 0.5 - tau_window, 0.0) / n_total)
+    tau_int = tau_window + tail
+    tau_int_error = math.hypot(tau_int_error, tail_error)
+    c_f = 2.0 * tau_int * gamma[0]
     error = math.sqrt(c_f / n_total) if c_f > 0 else math.nan
 
     note = ""
@@ -228,6 +252,11 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
         note = (
             f"non-positive C_F = {c_f:.4g} at W = {window} (series too short or "
             "anticorrelated): error and tau_int_error are undefined (nan)"
+        )
+    elif not closed and tau_exp is not None:
+        note = (
+            f"rho(t) stayed significant up to W = {window} (N_r = {n_per_chain} samples per chain), "
+            f"so no exponential tail with tau_exp = {tau_exp:.4g} was attached: run longer chains"
         )
     elif not closed:
         note = (
@@ -247,6 +276,7 @@ def gamma_method(data, *, S: float = 1.5) -> GammaResult:
         gamma=rho,
         reliable=not note,
         note=note,
+        tail=float(tail),
     )
 
 
@@ -378,6 +408,7 @@ def summarize(
     derived: Mapping[str, Callable[[pd.DataFrame], pd.Series]] | None = None,
     drift_threshold: float = DRIFT_THRESHOLD,
     min_blocks: int = _MIN_BLOCKS,
+    tau_exp: float | str | None = None,
 ) -> pd.DataFrame:
     """Errors, autocorrelation times and reliability checks of every observable of a long simulation table.
 
@@ -400,6 +431,11 @@ def summarize(
         drift_threshold: Standard errors (> 0) beyond which the difference of the two
             halves' means calls a series not thermalized (:data:`DRIFT_THRESHOLD`).
         min_blocks: Fewest blocks of the binning cross-check (:func:`binned_error`), >= 2.
+        tau_exp: The slowest mode's exponential autocorrelation time, for the
+            Schaefer-Sommer-Virotta tail correction of every row (see
+            :func:`gamma_method`): a number of updates, or the name of the analysed
+            quantity that is the slow mode (e.g. ``"topological_charge"``), whose own
+            Gamma-method tau_int is then taken as tau_exp. Default ``None``: none.
 
     Returns:
         DataFrame with one row per quantity (index named ``observable``, as in the
@@ -441,6 +477,10 @@ def summarize(
           by e^K, has an honest error however heavy the tail.
         * ``accepted`` (bool or 0/1): analysed as it is, so its mean is the
           acceptance rate and its error accounts for autocorrelation.
+        * When ``delta_H`` is 0 and ``accepted`` (if present) 1 in every row, the sampler
+          has no accept/reject step (exact sampling): these rows are constant by
+          construction and stay reliable, with a note, instead of being flagged as
+          constant series.
 
         A ``delta_H`` with non-finite values (a trajectory whose energy diverged)
         gets its plain mean, no error, ``reliable`` false and a note saying how many
@@ -460,8 +500,8 @@ def summarize(
         ...                   "trajectory": [0, 1, 2, 0, 1, 2],
         ...                   "delta_H": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]})
         >>> row = summarize(t).loc["exp(-delta_H)"]
-        >>> float(row["mean"]), float(row["error"]), bool(row["reliable"])
-        (1.0, 0.0, False)
+        >>> float(row["mean"]), float(row["error"]), bool(row["reliable"]), row["note"]
+        (1.0, 0.0, True, 'constant by construction: the sampler has no accept/reject step')
     """
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"table must be a pandas.DataFrame, got {type(table).__name__}")
@@ -471,11 +511,12 @@ def summarize(
                 f"{role} column {name!r} not in table; columns: {list(table.columns)}"
             )
     try:
-        drift_threshold = float(drift_threshold)
+        threshold = float(drift_threshold)
     except (TypeError, ValueError):
-        drift_threshold = math.nan
-    if not (math.isfinite(drift_threshold) and drift_threshold > 0):
+        threshold = math.nan
+    if isinstance(drift_threshold, bool) or not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"drift_threshold must be a positive number of standard errors, got {drift_threshold!r}")
+    drift_threshold = threshold
     if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
         raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
     if len(table) == 0:
@@ -543,6 +584,16 @@ def summarize(
             )
         quantities[name] = values
 
+    if isinstance(tau_exp, str):
+        if tau_exp not in quantities:
+            raise ValueError(f"tau_exp {tau_exp!r} is not an analysed quantity; analysed: {list(quantities)}")
+        slow = gamma_method(np.asarray(quantities[tau_exp], dtype=float).reshape(n_chains, n_per_chain), S=S)
+        if not (math.isfinite(slow.tau_int) and slow.tau_int > 0):
+            raise ValueError(f"tau_exp {tau_exp!r}: its tau_int is undefined ({slow.note}); pass a number instead")
+        tau_exp = slow.tau_int
+    elif tau_exp is not None:
+        tau_exp = _check_positive("tau_exp", tau_exp)
+
     rows = {}
     for name, values in quantities.items():
         values = np.asarray(values)
@@ -558,7 +609,7 @@ def summarize(
             continue
         x = values.reshape(n_chains, n_per_chain)
         try:
-            row, failures, remarks = _analyse(x, S, min_blocks)
+            row, failures, remarks = _analyse(x, S, min_blocks, tau_exp)
         except ValueError as exc:
             raise ValueError(f"quantity {name!r}: {exc}") from exc
         if name == "exp(-delta_H)":
@@ -568,7 +619,7 @@ def summarize(
             if tail:
                 failures.append(tail)
         else:
-            row["drift"] = _drift(x, S, min_blocks)
+            row["drift"] = _drift(x, S, min_blocks, tau_exp)
             if abs(row["drift"]) > drift_threshold:
                 failures.append(
                     f"not thermalized: the chains' second half differs from their first half by "
@@ -578,6 +629,14 @@ def summarize(
         row["reliable"] = not failures
         row["note"] = "; ".join(failures + remarks)
         rows[name] = row
+
+    bookkeeping = [name for name in ("accepted", "delta_H", "exp(-delta_H)", identity) if name in rows]
+    if "delta_H" in rows and all(rows[name]["error"] == 0.0 for name in bookkeeping) and rows["delta_H"]["mean"] == 0.0 and (
+        "accepted" not in rows or rows["accepted"]["mean"] == 1.0
+    ):
+        # a sampler without an accept/reject step (exact sampling): these rows are constant by construction
+        for name in bookkeeping:
+            rows[name].update(reliable=True, note="constant by construction: the sampler has no accept/reject step")
 
     out = pd.DataFrame.from_dict(rows, orient="index", columns=list(SUMMARY_COLUMNS))
     out.index.name = "observable"
@@ -633,14 +692,16 @@ def _identity_terms(dh: np.ndarray, k: float) -> np.ndarray:
     return np.where(np.isnan(dh), math.nan, terms)
 
 
-def _analyse(x: np.ndarray, S: float, min_blocks: int) -> tuple[dict, list[str], list[str]]:
+def _analyse(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None) -> tuple[dict, list[str], list[str]]:
     """One summary row of ``x`` (shape (R, N_r)) without ``drift``: (row, failures, remarks)."""
-    res = gamma_method(x, S=S)
+    res = gamma_method(x, S=S, tau_exp=tau_exp)
     b = binned_error(x, min_blocks=min_blocks)
     row = {c: getattr(res, c) for c in ("mean", "error", "tau_int", "tau_int_error", "window", "n_samples")}
     row.update(gamma_error=res.error, binned_error=b.error)
     failures = [res.note] if res.note else []
     remarks = []
+    if res.tail:
+        remarks.append(f"tau_int includes an exponential tail {res.tail:.3g} (tau_exp = {tau_exp:.4g}) beyond W = {res.window}")
     if _binned_wins(res, b):
         ratio = b.error / res.error
         row["error"] = b.error
@@ -668,14 +729,14 @@ def _binned_wins(res: GammaResult, b: BinnedResult) -> bool:
     )
 
 
-def _honest_error(x: np.ndarray, S: float, min_blocks: int) -> tuple[float, float]:
+def _honest_error(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None = None) -> tuple[float, float]:
     """(mean, error) of ``x`` as :func:`summarize` finds them: Gamma method, or binning when larger."""
-    res = gamma_method(x, S=S)
+    res = gamma_method(x, S=S, tau_exp=tau_exp)
     b = binned_error(x, min_blocks=min_blocks)
     return res.mean, (b.error if _binned_wins(res, b) else res.error)
 
 
-def _drift(x: np.ndarray, S: float, min_blocks: int) -> float:
+def _drift(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None = None) -> float:
     """(mean of the second half - mean of the first half) / its error, for chains ``x`` (R, N_r).
 
     Halves of N_r // 2 samples each (the first sample left out when N_r is odd); nan when the
@@ -686,7 +747,7 @@ def _drift(x: np.ndarray, S: float, min_blocks: int) -> float:
     if half < 2:
         return math.nan
     first, second = x[:, -2 * half : -half], x[:, -half:]
-    (m1, e1), (m2, e2) = _honest_error(first, S, min_blocks), _honest_error(second, S, min_blocks)
+    (m1, e1), (m2, e2) = (_honest_error(h, S, min_blocks, tau_exp) for h in (first, second))
     spread = math.hypot(e1, e2)
     if math.isnan(spread):
         return math.nan
@@ -711,6 +772,45 @@ def _heavy_tail(dh: pd.Series | np.ndarray, error: float, identity: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_positive(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return number
+
+
+def _rho_error(rho: np.ndarray, t: int, n_total: int, lam: int) -> float:
+    """Wolff's eq. (E.11): the error of rho(t), from rho(0..W_max) (shape (W_max + 1,)).
+
+    drho(t)^2 = sum_{k=1}^{K} [rho(k + t) + rho(|k - t|) - 2 rho(t) rho(k)]^2 / N, K = min(W_max - t, t + lam).
+    """
+    w_max = len(rho) - 1
+    k = np.arange(1, min(w_max - t, t + lam) + 1)
+    if k.size == 0:
+        return math.nan
+    terms = rho[k + t] + rho[np.abs(k - t)] - 2.0 * rho[t] * rho[k]
+    return math.sqrt(float(np.sum(terms**2)) / n_total)
+
+
+def _exponential_tail(rho: np.ndarray, tau_exp: float, n_sigma: float, n_total: int) -> tuple[int, bool, float, float]:
+    """(W_u, found, tail, tail_error) of the Schaefer-Sommer-Virotta tail correction.
+
+    W_u is the first t >= 1 with rho(t) < n_sigma drho(t); the tail is tau_exp |rho(W_u + 1)| and
+    its error tau_exp drho(W_u + 1). The search stops at W_max - 1 or 20 tau_exp + 100 (rho still
+    significant there: no single-exponential tail to attach; found is False, W_u the last t tried).
+    """
+    w_max = len(rho) - 1
+    lam = int(max(100, 3 * tau_exp))
+    last = min(w_max - 1, int(20 * tau_exp) + 100)
+    for t in range(1, last + 1):
+        if rho[t] - n_sigma * _rho_error(rho, t, n_total, lam) < 0:
+            return t, True, tau_exp * abs(float(rho[t + 1])), tau_exp * _rho_error(rho, t + 1, n_total, lam)
+    return max(last, 1), False, 0.0, 0.0
 
 
 def _check_S(S) -> float:

@@ -269,10 +269,10 @@ def format_summary(summary: pd.DataFrame, *, width: int = 100) -> str:
             exact_text = f"{exact:.{decimals + 1}f}" if abs(exact) < 1e6 else f"{exact:.6g}"
         else:
             exact_text = "-"
-        pull_text = f"{pull:+.1f}" if pull == pull and abs(pull) != float("inf") else ("-" if pull != pull else f"{pull}")
+        pull_text = "-" if pull != pull else f"{pull:+.1f}"  # nan: no exact value, or no error
         tau = cell(row, "tau_int")
         tau_text = format_value_error(tau, cell(row, "tau_int_error"), digits=1) if tau == tau else "-"
-        reliable = "yes" if bool(row.get("reliable", True)) else "no"
+        reliable = "-" if "reliable" not in row else ("yes" if bool(row["reliable"]) else "no")
         note = row.get("note", "")
         if isinstance(note, str) and note:
             notes.append(f"{name}: {note}")

@@ -716,7 +716,7 @@ class Simulation:
 
     # -- analysis ---------------------------------------------------------------------------
 
-    def summary(self, table: pd.DataFrame) -> pd.DataFrame:
+    def summary(self, table: pd.DataFrame, *, tau_exp: float | str | None = None) -> pd.DataFrame:
         """Mean, error and ``tau_int`` of every column, checked, with exact values where known.
 
         Rows (index ``observable``): ``accepted`` (the acceptance rate), ``delta_H``,
@@ -728,6 +728,8 @@ class Simulation:
         where a slow mode makes that larger; ``drift`` and ``reliable``: a chain that has not
         thermalized, a window that did not close) plus ``exact`` and ``pull``
         (``(mean - exact) / error``). ``docs/reading-results.md`` explains how to read it.
+        ``tau_exp`` (a number of updates, or a row such as ``"topological_charge"``) adds the
+        slowest mode's exponential tail to every ``tau_int`` (:func:`lattice_flows.analysis.summarize`).
         """
         derived = {}
         exact: dict[str, float] = {}
@@ -739,7 +741,7 @@ class Simulation:
                     derived[label] = lambda t, c=column, p=power: t[c].astype(float) ** p
                 if power in values:
                     exact[label] = values[power]
-        result = analysis.summarize(table, derived=derived)
+        result = analysis.summarize(table, derived=derived, tau_exp=tau_exp)
         if "exp(-delta_H)" in result.index:
             exact["exp(-delta_H)"] = 1.0  # holds for every exact sampler with a Hamiltonian (and trivially without)
         for label in result.index:

@@ -84,6 +84,32 @@ def test_a_slow_mode_beyond_the_window_is_caught_by_binning():
     assert "slow tail" in row["note"] and row["reliable"]
 
 
+def test_the_exponential_tail_with_the_slow_modes_tau_exp_gives_the_right_error():
+    # Schaefer-Sommer-Virotta: sum rho(t) while significant, then add tau_exp rho(W_u + 1). With the slow
+    # mode's tau_exp = -1 / ln 0.99 = 99.5 the error is right within 3 of its own errors (each ~2% here).
+    rng = np.random.default_rng(12)
+    n_chains, n = 4, 250_000
+    slow = ar1(SLOW[0], n_chains, n, rng, SLOW[1])
+    x = ar1(FAST[0], n_chains, n, rng, FAST[1]) + slow
+    exact = exact_error([FAST, SLOW], n_chains, n)
+    tau_exact = (1.5 * FAST[1] + 99.5 * SLOW[1]) / (FAST[1] + SLOW[1])
+    res = gamma_method(x, tau_exp=-1 / math.log(SLOW[0]))
+    err_of_err = res.error * res.tau_int_error / (2 * res.tau_int)
+    assert res.tail > 0 and res.window > gamma_method(x).window and res.reliable
+    assert abs(res.error - exact) < 3 * err_of_err and err_of_err < 0.05 * exact
+    assert abs(res.tau_int - tau_exact) < 3 * res.tau_int_error
+    # the slow mode named as a column (as one would name the topological charge): its own tau_int is tau_exp,
+    # itself estimated (to ~5%), hence 1.5x the tolerance
+    table = long_table({"plaquette": x, "slow_mode": slow})
+    row = summarize(table, tau_exp="slow_mode").loc["plaquette"]
+    assert abs(row["error"] - exact) < 3 * err_of_err * 1.5 and "exponential tail" in row["note"]
+    for bad, match in [(0, "tau_exp"), (-3.0, "tau_exp"), (math.inf, "tau_exp"), ("missing", "not an analysed")]:
+        with pytest.raises(ValueError, match=match):
+            summarize(table, tau_exp=bad)
+    with pytest.raises(ValueError, match="n_sigma"):
+        gamma_method(x[:, :100], tau_exp=10.0, n_sigma=0)
+
+
 def test_without_a_slow_mode_the_gamma_method_stands():
     x = ar1(0.9, 16, 2_000, np.random.default_rng(12))
     row = summarize(long_table({"plaquette": x})).loc["plaquette"]
@@ -291,3 +317,35 @@ def test_compare_samplers_footnote_only_for_unreliable_tau(capsys):
     module.print_table([row, {**row, "sampler": "fthmc", "tau reliable": False, "tau note": note}], [8, 8])
     out = capsys.readouterr().out
     assert f"* fthmc: tau_int(Q) unreliable: {note}" in out and "hmc: tau_int" not in out.replace("fthmc", "")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"drift_threshold": 0}, "drift_threshold .* got 0"),
+        ({"drift_threshold": "x"}, "drift_threshold .* got 'x'"),
+        ({"drift_threshold": math.inf}, "drift_threshold"),
+        ({"min_blocks": 1}, "min_blocks must be an integer >= 2, got 1"),
+        ({"tau_exp": math.nan}, "tau_exp must be a positive finite number, got nan"),
+        ({"tau_exp": "frozen"}, "tau_exp 'frozen': its tau_int is undefined"),
+    ],
+)
+def test_summarize_checks_its_new_arguments(kwargs, match):
+    rng = np.random.default_rng(2)
+    table = long_table({"plaquette": ar1(0.5, 2, 100, rng), "frozen": np.ones((2, 100))})
+    with pytest.raises(ValueError, match=match):
+        summarize(table, **kwargs)
+
+
+def test_an_exact_sampler_without_accept_reject_gives_no_warning():
+    # u1_exact writes accepted = True and delta_H = 0 for every update: constant by construction
+    rng = np.random.default_rng(3)
+    table = long_table({"accepted": np.ones((4, 200), dtype=bool), "delta_H": np.zeros((4, 200)),
+                        "plaquette": ar1(0.0, 4, 200, rng)})
+    s = summarize(table)
+    assert summary_warnings(s) == [] and s["reliable"].all()
+    assert "no accept/reject step" in s.loc["exp(-delta_H)", "note"]
+    # but HMC that never accepts is stuck, and says so
+    table["accepted"] = False
+    table["delta_H"] = 50.0
+    assert {w.split(":")[0] for w in summary_warnings(summarize(table))} >= {"accepted", "delta_H"}
