@@ -226,13 +226,14 @@ def report(sim: Simulation, folder: RunFolder, table: pd.DataFrame) -> None:
     summary = sim.summary(table)
     text = format_summary(summary)
     folder.write_summary(summary, text)
+    # printed before the figures are drawn, so that a figure that cannot be written hides no result
+    print(text)
+    for line in summary_warnings(summary):
+        print(f"lattice-flows: warning: {line}", file=sys.stderr)
     history = sim.history if sim.history is not None else folder.read_history()
     figures = write_figures(
         folder.figures, table, summary=summary, observables=sim.observables, history=history, **figure_context(sim, folder.status())
     )
-    print(text)
-    for line in summary_warnings(summary):
-        print(f"lattice-flows: warning: {line}", file=sys.stderr)
     log.info("summary: %s; figures: %s", folder.summary_txt, ", ".join(p.name for p in figures) or "none")
 
 
