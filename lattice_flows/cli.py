@@ -27,6 +27,7 @@ from .errors import LatticeFlowsError
 from .rundir import RunFolder, RunFolderError
 from .simulation import SPEC_KEYS, RunInterrupted, Simulation
 from .specfile import apply_overrides, load_spec
+from .training import TrainingError
 
 __all__ = ["main", "DEFAULT_SPEC"]
 
@@ -143,7 +144,12 @@ def train_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> No
     log.info("training the flow from step %d (n_steps %d, max_seconds %s)", step, sim.training.n_steps, sim.training.max_seconds)
     while not sim.training_done and not distributed.any_rank(stop()):
         elapsed = 0.0 if sim.history is None or not len(sim.history) else float(sim.history["seconds"].iloc[-1])
-        sim.train(progress=False if args.quiet else None, pause_at_seconds=elapsed + TRAINING_SAVE_SECONDS, should_stop=stop)
+        try:
+            sim.train(progress=False if args.quiet else None, pause_at_seconds=elapsed + TRAINING_SAVE_SECONDS, should_stop=stop)
+        except TrainingError:  # nothing measured is lost: the history up to the failure
+            if distributed.is_main() and sim.history is not None:
+                folder.write_history(sim.history)
+            raise
         sim.save(folder.flow)  # every rank takes part (RNG states are gathered); rank 0 writes
         if distributed.is_main():
             folder.write_history(sim.history)

@@ -24,7 +24,7 @@ from .errors import LatticeFlowsError, SpecError
 from .params import choice, integer
 from .progress import progress_bar
 from .registry import OBSERVABLES
-from .training import TrainingError, TrainingSettings, sample_flow, train_flow
+from .training import TrainingError, TrainingSettings, check_flow_health, sample_flow, train_flow
 from .spec import build_component, build_from_params, check_table, component_spec, differing_keys, params_of, spec_fields
 
 log = logging.getLogger(__name__)
@@ -445,6 +445,18 @@ class Simulation:
             sim.history = pd.DataFrame(data["history"])
         return sim
 
+    def check_flow(self) -> dict[str, Any] | None:
+        """When the sampler goes through the flow: its health on fresh samples of this lattice
+        (:func:`~lattice_flows.training.check_flow_health`), raising
+        :class:`~lattice_flows.training.FlowHealthError` if a weight, the loss or the ESS is not finite.
+        Returns the report, or ``None`` when no flow is sampled through."""
+        if self.flow is None or getattr(self.sampler, "flow", None) is None:
+            return None
+        return check_flow_health(
+            self.flow, self.action, self.lattice_shape, dtype=self.dtype, device=self.device, seed=self.settings.seed,
+            what=f"the flow ({component_spec('flows', self.flow)['name']})",
+        )
+
     # -- running ----------------------------------------------------------------------------
 
     @property
@@ -511,8 +523,10 @@ class Simulation:
         the generator's state, the sampler as tuned so far and the measurements so far.
         ``should_stop()``: asked after every update; when true, the checkpoint is written and
         :class:`RunInterrupted` raised. ``progress``: a tqdm bar with the running acceptance and
-        ``delta_H`` (default: only when standard error is a terminal).
+        ``delta_H`` (default: only when standard error is a terminal). A sampler that goes through a
+        broken flow is refused before the first update (:meth:`check_flow`).
         """
+        self.check_flow()
         n_therm, n_traj = self.settings.n_thermalization, self.settings.n_trajectories
         total = n_therm + n_traj
         chains = self.local_chains()
