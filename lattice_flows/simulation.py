@@ -514,7 +514,9 @@ class Simulation:
         Columns: ``chain``, ``trajectory`` (0-based, after thermalization), ``accepted`` (bool),
         ``delta_H``, whatever else the sampler reports, then one column per observable. Rows are
         ordered by chain, then trajectory. ``table.attrs["sampler"]`` is the sampler's spec section
-        as it ran the measured trajectories (a tuned step size shows there).
+        as it ran the measured trajectories (a tuned step size shows there); ``table.attrs["spec"]``
+        the whole resolved spec (:meth:`to_spec`), so that runs can be joined with their parameters
+        (:func:`lattice_flows.concat_runs`).
 
         ``checkpoint``: a file for the chains' state. It is written (atomically) every
         ``checkpoint_every`` updates and at the end; if it exists when the run starts, the run
@@ -585,6 +587,7 @@ class Simulation:
         if distributed.is_distributed():  # the one table of all chains, on every rank
             table = pd.concat(distributed.all_gather_objects(table), ignore_index=True)
         table.attrs["sampler"] = component_spec("samplers", sampler)  # as tuned during thermalization
+        table.attrs["spec"] = self.to_spec()  # the whole resolved spec (lattice_flows.concat_runs reads it)
         return table
 
     def _save_chains(self, path: Path, generator, sampler: Sampler, state, done: int, records) -> None:

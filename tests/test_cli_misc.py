@@ -5,13 +5,18 @@ arguments, a description for every subcommand; and tables that carry their spec 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
+from lattice_flows import Simulation, concat_runs
 from lattice_flows.cli import build_parser, main
+from lattice_flows.errors import LatticeFlowsError
+from lattice_flows.rundir import RunFolder
 
 
 def _values(out: str) -> dict[str, float]:
@@ -116,3 +121,72 @@ def test_every_subcommand_has_a_description_and_help():
         assert sub.description and len(sub.description) > 40, name
         text = sub.format_help()
         assert sub.description.split()[0] in text, name
+
+
+# -- tables carry their spec -----------------------------------------------------------------------
+
+def _small_spec(beta: float = 1.5, shape=(4, 4)) -> dict:
+    return {
+        "lattice": {"shape": list(shape)},
+        "action": {"name": "u1_wilson", "beta": beta},
+        "sampler": {"name": "hmc", "target_acceptance": 0.8, "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 4}},
+        "observables": ["plaquette"],
+        "n_chains": 2,
+        "n_thermalization": 4,
+        "n_trajectories": 5,
+        "seed": 3,
+    }
+
+
+def test_run_table_attrs_hold_the_whole_resolved_spec():
+    sim = Simulation.from_spec(_small_spec())
+    table = sim.run()
+    assert table.attrs["spec"] == sim.to_spec()
+    assert Simulation.from_spec(table.attrs["spec"]) == sim
+    assert table.attrs["sampler"]["name"] == "hmc"  # the tuned sampler, as before
+
+
+def test_a_run_folder_table_keeps_its_spec_from_parquet_and_from_csv(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "s.json"
+    spec_file.write_text(json.dumps(_small_spec()))
+    assert main(["run", str(spec_file), "--out", "out", "--csv", "--quiet"]) == 0
+    folder = RunFolder(tmp_path / "out")
+    expected = folder.read_spec()
+    from_parquet = folder.read_table()
+    assert from_parquet.attrs["spec"] == expected and from_parquet.attrs["sampler"]["name"] == "hmc"
+    folder.parquet.unlink()
+    from_csv = folder.read_table()
+    assert from_csv.attrs["spec"] == expected
+    assert from_csv.attrs["sampler"] == from_parquet.attrs["sampler"]
+
+
+def test_concat_runs_adds_a_column_per_parameter():
+    a = Simulation.from_spec(_small_spec(1.5, (4, 4))).run()
+    b = Simulation.from_spec(_small_spec(2.5, (4, 6))).run()
+    both = concat_runs([a, b], parameters=["action.beta", "lattice.shape", "sampler.name"])
+    assert list(both.columns[:3]) == ["action.beta", "lattice.shape", "sampler.name"]
+    assert len(both) == len(a) + len(b)
+    assert both["action.beta"].tolist() == [1.5] * len(a) + [2.5] * len(b)
+    assert set(both["lattice.shape"]) == {(4, 4), (4, 6)} and set(both["sampler.name"]) == {"hmc"}
+    means = both.groupby("action.beta")["plaquette"].mean()
+    assert means[1.5] == pytest.approx(a["plaquette"].mean()) and means[2.5] == pytest.approx(b["plaquette"].mean())
+    pd.testing.assert_frame_equal(both.iloc[: len(a), 3:].reset_index(drop=True), a.reset_index(drop=True))
+    assert both.attrs["specs"] == [a.attrs["spec"], b.attrs["spec"]]
+    # by default: the parameters that differ
+    assert list(concat_runs([a, b]).columns[:2]) == ["lattice.shape", "action.beta"]
+
+
+def test_concat_runs_errors_are_clear():
+    a = Simulation.from_spec(_small_spec()).run()
+    bare = a.copy()
+    bare.attrs = {}
+    with pytest.raises(LatticeFlowsError, match=r"table 1 has no spec in table.attrs\['spec'\]"):
+        concat_runs([a, bare], parameters=["action.beta"])
+    with pytest.raises(LatticeFlowsError, match="table 0's spec has no parameter 'action.kappa': action has no key 'kappa'"):
+        concat_runs([a], parameters=["action.kappa"])
+    a.attrs["spec"]["plaquette"] = 1
+    with pytest.raises(LatticeFlowsError, match="'plaquette' is already a column"):
+        concat_runs([a], parameters=["plaquette"])
+    with pytest.raises(LatticeFlowsError, match="at least one table"):
+        concat_runs([])
