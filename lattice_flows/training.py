@@ -343,7 +343,17 @@ def train_flow(
                 loss_v, ess_v, grad_v = torch.stack([global_loss, ess, grad_norm.to(loss.dtype)]).tolist()
             finite = math.isfinite(loss_v) and math.isfinite(grad_v)
             if finite:
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as exc:  # e.g. a step size lr / (1 - beta_1^t) beyond the dtype's range
+                    rows.append(
+                        {"step": step, "loss": loss_v, "ess": ess_v, "lr": lr, "grad_norm": grad_v, "seconds": elapsed, "skipped": True}
+                    )
+                    raise TrainingError(
+                        f"the optimizer step failed at step {step} ({' '.join(str(exc).split())}) with learning rate "
+                        f"{lr:g} in {str(dtype).removeprefix('torch.')}; lower training.lr",
+                        history=pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)),
+                    ) from None
                 bad_in_a_row = 0
             else:
                 optimizer.zero_grad(set_to_none=True)

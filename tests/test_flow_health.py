@@ -181,3 +181,15 @@ def test_sample_of_a_broken_checkpoint_is_refused(workdir, capsys):
     assert "broken and cannot be sampled through" in _last_error_line(capsys)
     assert not (workdir / "out" / "table.parquet").exists() and not (workdir / "out" / "chains.pt").exists()
 
+
+
+def test_an_optimizer_step_beyond_the_dtype_is_a_training_error_with_its_history():
+    """In float32, Adam's step ``lr / (1 - beta_1)`` above 3.4e38 cannot be converted: that was a
+    traceback. The learning rate is set past the spec's validation (which may refuse it first)."""
+    from lattice_flows.training import TrainingError
+
+    sim = Simulation.from_spec(_spec("spline", training={"n_steps": 3, "batch_size": 4}, dtype="float32"))
+    object.__setattr__(sim.training, "lr", 1e300)
+    with pytest.raises(TrainingError, match="the optimizer step failed at step 0 .* learning rate 1e\\+300 in float32") as info:
+        sim.train()
+    assert len(info.value.history) == 1 and len(sim.history) == 1
