@@ -410,9 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=cmd_plugins)
     exact = sub.add_parser(
         "exact", help="exact values of a theory's observables (2D U(1): <cos x_P>, <Q^2>, P(Q); free phi4; ...)",
-        description="Print the exact expectation values that the default observables of an action know on a "
-        "lattice, and exact distributions such as P(Q) of the 2D U(1) topological charge. The action's parameters "
-        "come from --beta (for an action with a beta) and --set PARAM=VALUE, e.g.\n\n"
+        description="Print the exact expectation values that the default observables of an action know on a\n"
+        "lattice, and exact distributions such as P(Q) of the 2D U(1) topological charge. The action's\n"
+        "parameters come from --beta (for an action with a beta) and --set PARAM=VALUE, e.g.\n\n"
         "  lattice-flows exact --beta 6 --shape 16 16\n"
         "  lattice-flows exact --action phi4 --set kappa=0.2 --set lam=0 --shape 8 8   # the free field",
         formatter_class=argparse.RawDescriptionHelpFormatter,
