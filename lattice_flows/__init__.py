@@ -30,6 +30,7 @@ from .errors import (
 )
 from .registry import ACTIONS, FLOWS, INTEGRATORS, OBSERVABLES, SAMPLERS, REGISTRIES, Registry
 from .simulation import Simulation
+from .tables import concat_runs
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "Sampler",
     "SplitForce",
     "Simulation",
+    "concat_runs",
     "Registry",
     "ACTIONS",
     "FLOWS",

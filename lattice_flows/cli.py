@@ -27,6 +27,7 @@ from .errors import LatticeFlowsError
 from .rundir import RunFolder, RunFolderError, resume_difference
 from .simulation import SPEC_KEYS, RunInterrupted, Simulation
 from .specfile import apply_overrides, load_spec
+from .training import TrainingError
 
 __all__ = ["main", "DEFAULT_SPEC"]
 
@@ -176,7 +177,12 @@ def train_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> No
     log.info("training the flow from step %d (n_steps %d, max_seconds %s)", step, sim.training.n_steps, sim.training.max_seconds)
     while not sim.training_done and not distributed.any_rank(stop()):
         elapsed = 0.0 if sim.history is None or not len(sim.history) else float(sim.history["seconds"].iloc[-1])
-        sim.train(progress=False if args.quiet else None, pause_at_seconds=elapsed + TRAINING_SAVE_SECONDS, should_stop=stop)
+        try:
+            sim.train(progress=False if args.quiet else None, pause_at_seconds=elapsed + TRAINING_SAVE_SECONDS, should_stop=stop)
+        except TrainingError:  # nothing measured is lost: the history up to the failure
+            if distributed.is_main() and sim.history is not None:
+                folder.write_history(sim.history)
+            raise
         sim.save(folder.flow)  # every rank takes part (RNG states are gathered); rank 0 writes
         if distributed.is_main():
             folder.write_history(sim.history)
@@ -347,31 +353,79 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _exact_action_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The action's spec section from ``--action``, ``--beta`` (only for an action with a ``beta``) and
+    ``--set PARAM=VALUE`` (``action.PARAM=VALUE`` is read the same)."""
+    from .registry import ACTIONS
+    from .spec import spec_fields
+
+    if args.action not in ACTIONS.names():
+        raise LatticeFlowsError(f"exact --action: unknown action {args.action!r}; available actions: {', '.join(sorted(ACTIONS.names()))}")
+    accepted = [f.name for f in spec_fields(ACTIONS.get(args.action))]
+    section: dict[str, Any] = {"name": args.action}
+    if args.beta is not None:
+        if "beta" not in accepted:
+            example = f"; give them with --set, e.g. --set {accepted[0]}=..." if accepted else ""
+            raise LatticeFlowsError(
+                f"exact --beta: the action {args.action!r} has no parameter beta "
+                f"(its parameters: {', '.join(accepted) or 'none'}){example}"
+            )
+        section["beta"] = args.beta
+    assignments = []
+    for assignment in args.set or []:
+        key, sep, value = assignment.partition("=")
+        key = key.strip()
+        key = key[len("action."):] if key.startswith("action.") else key
+        if not sep or not key or "." in key:
+            raise LatticeFlowsError(f"exact --set {assignment!r}: expected PARAM=VALUE for a parameter of the action, e.g. kappa=0.25")
+        if key == "name":
+            raise LatticeFlowsError(f"exact --set {assignment!r}: choose the action with --action")
+        assignments.append(f"{key}={value}")
+    return apply_overrides(section, assignments)
+
+
 def cmd_exact(args) -> int:
+    """Print the exact values the action's default observables know (all computed before anything is printed)."""
     from .spec import build_component
 
-    section = apply_overrides({"name": args.action, "beta": args.beta}, args.set or [])
-    context: dict[str, Any] = {"lattice_shape": tuple(args.shape)}
+    section = _exact_action_section(args)
+    shape = tuple(args.shape)
+    where = "x".join(map(str, shape))
+    if any(n < 1 for n in shape):
+        raise LatticeFlowsError(f"exact --shape: expected positive lattice sizes such as 16 16, got {' '.join(map(str, shape))}")
+    context: dict[str, Any] = {"lattice_shape": shape}
     action = build_component("actions", section, "exact: action", context)
+    try:
+        action.field_shape(shape)
+    except ValueError as exc:
+        raise LatticeFlowsError(f"exact --shape: {exc}") from None
     context["action"] = action
     observables = Simulation._default_observables(action, context)
     params = ", ".join(f"{k}={v}" for k, v in action.to_spec().items())
-    print(f"# exact values: {args.action} ({params}) on {'x'.join(map(str, args.shape))}")
-    found = False
-    for column, obs in observables.items():
-        for power, value in sorted(obs.exact().items()):
-            found = True
-            print(f"<{column}{'' if power == 1 else f'^{power}'}> = {value:.12g}")
-    for column, obs in observables.items():
-        distribution = obs.exact_distribution()
-        if distribution:
-            print(f"# P({column} = q), for P >= 1e-12")
-            for q, p in sorted(distribution.items()):
-                if p >= 1e-12:
-                    print(f"{q:4d}  {p:.12g}")
-    if not found:
-        print("# no exact values are known for this action")
+    lines = [f"# exact values: {args.action} ({params}) on {where}"]
+    try:
+        values = [line for column, obs in observables.items() for line in _exact_lines(column, obs)]
+        distributions = [line for column, obs in observables.items() for line in _distribution_lines(column, obs)]
+    except (ValueError, ArithmeticError) as exc:
+        raise LatticeFlowsError(
+            f"exact: the exact values of {args.action} ({params}) on {where} cannot be computed ({type(exc).__name__}: {exc})"
+        ) from None
+    lines += values + distributions
+    if not values:
+        lines.append("# no exact values are known for this action")
+    print("\n".join(lines))
     return 0
+
+
+def _exact_lines(column: str, obs) -> list[str]:
+    return [f"<{column}{'' if power == 1 else f'^{power}'}> = {value:.12g}" for power, value in sorted(obs.exact().items())]
+
+
+def _distribution_lines(column: str, obs) -> list[str]:
+    distribution = obs.exact_distribution()
+    if not distribution:
+        return []
+    return [f"# P({column} = q), for P >= 1e-12"] + [f"{q:4d}  {p:.12g}" for q, p in sorted(distribution.items()) if p >= 1e-12]
 
 
 def cmd_plugins(args) -> int:
@@ -440,20 +494,34 @@ def build_parser() -> argparse.ArgumentParser:
         "flow.pt, with --set to change, e.g., lattice.shape=[16,16] or the sampler), without training.",
         spec_help=spec_file + " or flow checkpoint (.pt)", sampling=True,
     ).set_defaults(func=cmd_sample)
-    plugins = sub.add_parser("plugins", help="list every registered component by kind, with its package and parameters")
+    plugins = sub.add_parser(
+        "plugins", help="list every registered component by kind, with its package and parameters",
+        description="List every registered component (actions, flows, integrators, observables, samplers), the "
+        "package that registers it, and its spec parameters with their types, defaults and ranges.",
+    )
     plugins.set_defaults(func=cmd_plugins)
     exact = sub.add_parser(
-        "exact", help="exact values of a theory's observables (2D U(1): <cos x_P>, <Q^2>, P(Q), ...)",
-        description="Print the exact expectation values that the observables of an action know, and exact "
-        "distributions such as P(Q) of the 2D U(1) topological charge.",
+        "exact", help="exact values of a theory's observables (2D U(1): <cos x_P>, <Q^2>, P(Q); free phi4; ...)",
+        description="Print the exact expectation values that the default observables of an action know on a\n"
+        "lattice, and exact distributions such as P(Q) of the 2D U(1) topological charge. The action's\n"
+        "parameters come from --beta (for an action with a beta) and --set PARAM=VALUE, e.g.\n\n"
+        "  lattice-flows exact --beta 6 --shape 16 16\n"
+        "  lattice-flows exact --action phi4 --set kappa=0.2 --set lam=0 --shape 8 8   # the free field",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    exact.add_argument("--beta", type=float, required=True, help="the action's coupling beta")
+    exact.add_argument("--beta", type=float, help="the action's coupling beta, for an action that has one (u1_wilson, xy)")
     exact.add_argument("--shape", type=int, nargs="+", required=True, metavar="L", help="lattice sizes, e.g. 16 16")
     exact.add_argument("--action", default="u1_wilson", help="registered action name (default u1_wilson)")
-    exact.add_argument("--set", action="append", metavar="PARAM=VALUE", help="another parameter of the action")
+    exact.add_argument(
+        "--set", action="append", metavar="PARAM=VALUE", help="a parameter of the action, e.g. kappa=0.2 (repeatable)"
+    )
     exact.set_defaults(func=cmd_exact)
-    rep = sub.add_parser("report", help="summary table and figures of a finished run folder")
-    rep.add_argument("run_dir", metavar="RUN_DIR")
+    rep = sub.add_parser(
+        "report", help="summary table and figures of a finished run folder",
+        description="Analyse the table of a finished run folder again: print and write the summary (summary.txt, "
+        "summary.csv) and redraw the figures, from the folder alone.",
+    )
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds spec.json and the table)")
     rep.set_defaults(func=cmd_report, quiet=False)
     return parser
 
@@ -470,6 +538,10 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `lattice-flows` or `python -m lattice_flows` alone: the help, not a usage error
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     failed = True

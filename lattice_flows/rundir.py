@@ -282,7 +282,17 @@ class RunFolder:
             raise RunFolderError(f"{self.status_file}: not valid JSON ({exc})") from None
 
     def read_table(self) -> pd.DataFrame:
-        """The observables table (Parquet if written, else CSV)."""
+        """The observables table (Parquet if written, else CSV), with ``attrs["spec"]`` (the resolved spec)
+        and ``attrs["sampler"]`` (as tuned) as :meth:`Simulation.run` gave them: kept by Parquet in
+        pandas >= 2.1, else taken from ``spec.json`` and ``status.json``."""
+        table = self._read_table()
+        if "spec" not in table.attrs and self.spec.exists():
+            table.attrs["spec"] = self.read_spec()
+        if "sampler" not in table.attrs and self.status().get("sampler") is not None:
+            table.attrs["sampler"] = self.status()["sampler"]
+        return table
+
+    def _read_table(self) -> pd.DataFrame:
         try:
             if self.parquet.exists():
                 return pd.read_parquet(self.parquet)

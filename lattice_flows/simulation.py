@@ -24,7 +24,7 @@ from .errors import LatticeFlowsError, SpecError
 from .params import choice, integer
 from .progress import progress_bar
 from .registry import OBSERVABLES
-from .training import TrainingError, TrainingSettings, sample_flow, train_flow
+from .training import TrainingError, TrainingSettings, check_flow_health, sample_flow, train_flow
 from .spec import build_component, build_from_params, check_table, component_spec, differing_keys, params_of, spec_fields
 
 log = logging.getLogger(__name__)
@@ -482,6 +482,18 @@ class Simulation:
             sim.history.attrs["lattice_shape"] = list(data.get("training_lattice") or saved["lattice"]["shape"])
         return sim
 
+    def check_flow(self) -> dict[str, Any] | None:
+        """When the sampler goes through the flow: its health on fresh samples of this lattice
+        (:func:`~lattice_flows.training.check_flow_health`), raising
+        :class:`~lattice_flows.training.FlowHealthError` if a weight, the loss or the ESS is not finite.
+        Returns the report, or ``None`` when no flow is sampled through."""
+        if self.flow is None or getattr(self.sampler, "flow", None) is None:
+            return None
+        return check_flow_health(
+            self.flow, self.action, self.lattice_shape, dtype=self.dtype, device=self.device, seed=self.settings.seed,
+            what=f"the flow ({component_spec('flows', self.flow)['name']})",
+        )
+
     # -- running ----------------------------------------------------------------------------
 
     @property
@@ -539,7 +551,9 @@ class Simulation:
         Columns: ``chain``, ``trajectory`` (0-based, after thermalization), ``accepted`` (bool),
         ``delta_H``, whatever else the sampler reports, then one column per observable. Rows are
         ordered by chain, then trajectory. ``table.attrs["sampler"]`` is the sampler's spec section
-        as it ran the measured trajectories (a tuned step size shows there).
+        as it ran the measured trajectories (a tuned step size shows there); ``table.attrs["spec"]``
+        the whole resolved spec (:meth:`to_spec`), so that runs can be joined with their parameters
+        (:func:`lattice_flows.concat_runs`).
 
         ``checkpoint``: a file for the chains' state. It is written (atomically) every
         ``checkpoint_every`` updates and at the end; if it exists when the run starts, the run
@@ -552,8 +566,10 @@ class Simulation:
         their SHA-256, so that the cost of saving does not grow with the run.
         ``should_stop()``: asked after every update; when true, the checkpoint is written and
         :class:`RunInterrupted` raised. ``progress``: a tqdm bar with the running acceptance and
-        ``delta_H`` (default: only when standard error is a terminal).
+        ``delta_H`` (default: only when standard error is a terminal). A sampler that goes through a
+        broken flow is refused before the first update (:meth:`check_flow`).
         """
+        self.check_flow()
         n_therm, n_traj = self.settings.n_thermalization, self.settings.n_trajectories
         total = n_therm + n_traj
         chains = self.local_chains()
@@ -617,6 +633,7 @@ class Simulation:
         if distributed.is_distributed():  # the one table of all chains, on every rank
             table = pd.concat(distributed.all_gather_objects(table), ignore_index=True)
         table.attrs["sampler"] = component_spec("samplers", sampler)  # as tuned during thermalization
+        table.attrs["spec"] = self.to_spec()  # the whole resolved spec (lattice_flows.concat_runs reads it)
         return table
 
     def _save_chains(self, path: Path, generator, sampler: Sampler, state, done: int, records, saved) -> None:

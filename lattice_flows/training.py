@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 import pandas as pd
@@ -23,7 +23,17 @@ from .errors import LatticeFlowsError
 from .params import choice, integer, real
 from .progress import progress_bar
 
-__all__ = ["TrainingSettings", "TrainingError", "sample_flow", "effective_sample_size", "train_flow", "HISTORY_COLUMNS"]
+__all__ = [
+    "TrainingSettings",
+    "TrainingError",
+    "FlowHealthError",
+    "sample_flow",
+    "effective_sample_size",
+    "flow_health",
+    "check_flow_health",
+    "train_flow",
+    "HISTORY_COLUMNS",
+]
 
 HISTORY_COLUMNS = ("step", "loss", "ess", "lr", "grad_norm", "seconds", "skipped")
 
@@ -37,6 +47,17 @@ class TrainingError(LatticeFlowsError, RuntimeError):
     def __init__(self, message: str, history: pd.DataFrame | None = None):
         super().__init__(message)
         self.history = history
+
+
+class FlowHealthError(TrainingError):
+    """A flow that cannot be sampled through: a weight, or the loss or ESS on fresh samples, is not finite.
+
+    ``health`` is the :func:`flow_health` report that failed; ``history`` as in :class:`TrainingError`.
+    """
+
+    def __init__(self, message: str, health: dict, history: pd.DataFrame | None = None):
+        super().__init__(message, history)
+        self.health = health
 
 
 @attrs.frozen(kw_only=True)
@@ -139,6 +160,108 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.shape[0]
 
 
+#: Fresh samples :func:`flow_health` draws by default: enough for a finite loss and ESS to mean something,
+#: few enough to cost about one training step.
+HEALTH_SAMPLES = 64
+
+
+@torch.no_grad()
+def flow_health(
+    flow: Flow,
+    action: Action,
+    lattice_shape: Sequence[int],
+    *,
+    n: int = HEALTH_SAMPLES,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The flow's reverse-KL ``loss`` ``mean(log q + S)`` and ``ess`` on ``n`` fresh samples on
+    ``lattice_shape``, and the names of its ``non_finite`` weights (parameters and buffers).
+
+    The prior fields come from a generator of their own seeded with ``seed``, so the check draws
+    nothing from the training or sampling streams (a run's table does not depend on it). A flow that
+    raises on the batch, or whose output has a non-finite entry, reports ``loss = ess = nan`` and the
+    reason in ``error``. ``healthy`` is whether everything is finite.
+
+    >>> import torch
+    >>> from lattice_flows.registry import ACTIONS, FLOWS
+    >>> action = ACTIONS.get("u1_wilson")(beta=1.0)
+    >>> flow = FLOWS.get("u1_plaquette_poisson")(FLOWS.get("u1_plaquette_poisson").Config(n_bins=4), (4, 4)).double()
+    >>> flow_health(flow, action, (4, 4), n=8, dtype=torch.float64, device="cpu")["healthy"]
+    True
+    >>> with torch.no_grad():
+    ...     flow.spline.log_slopes[0] = float("nan")
+    >>> report = flow_health(flow, action, (4, 4), n=8, dtype=torch.float64, device="cpu")
+    >>> report["healthy"], report["non_finite"], report["loss"]
+    (False, ['spline.log_slopes'], nan)
+    """
+    non_finite = [
+        name
+        for name, t in [*flow.named_parameters(), *flow.named_buffers()]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    error = None
+    loss = ess = math.nan
+    was_training = flow.training
+    flow.eval()
+    try:
+        x, log_q = sample_flow(flow, action, lattice_shape, n, generator=generator, dtype=dtype, device=device)
+        if not bool(torch.isfinite(x).all()):
+            error = f"the flow's output has {int((~torch.isfinite(x)).sum())} non-finite entries"
+        else:
+            s = action(x)
+            loss = float((log_q + s).mean())
+            ess = float(effective_sample_size(-(s + log_q)))
+    except (RuntimeError, ValueError, ArithmeticError) as exc:  # a flow's own failure (an inverse that diverges, say)
+        error = f"the flow failed on fresh samples ({type(exc).__name__}: {' '.join(str(exc).split())})"
+    finally:
+        flow.train(was_training)
+    healthy = not non_finite and error is None and math.isfinite(loss) and math.isfinite(ess)
+    return {"healthy": healthy, "loss": loss, "ess": ess, "n": n, "non_finite": non_finite, "error": error}
+
+
+def check_flow_health(
+    flow: Flow,
+    action: Action,
+    lattice_shape: Sequence[int],
+    *,
+    n: int = HEALTH_SAMPLES,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    seed: int = 0,
+    what: str = "the flow",
+    history: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """:func:`flow_health`, raising :class:`FlowHealthError` (naming the loss, the ESS and any
+    non-finite weights) unless everything is finite; returns the report. ``what`` opens the message.
+
+    Under several ranks the ranks agree: if one finds the flow broken, every rank raises.
+    """
+    report = flow_health(flow, action, lattice_shape, n=n, dtype=dtype, device=device, seed=seed)
+    if distributed.any_rank(not report["healthy"]):
+        shape = "x".join(map(str, lattice_shape))
+        parts = [f"on {n} fresh samples on {shape} its loss is {report['loss']:.6g} and its ESS {report['ess']:.6g}"]
+        if report["non_finite"]:
+            names = report["non_finite"]
+            parts.append(
+                f"{len(names)} weight tensor{'s are' if len(names) > 1 else ' is'} not finite "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+            )
+        if report["error"]:
+            parts.append(report["error"])
+        if report["healthy"]:
+            parts.append("another process found it broken")
+        raise FlowHealthError(
+            f"{what} is broken and cannot be sampled through: {'; '.join(parts)}. Train it again with a lower "
+            "training.lr or a training.grad_clip (the history shows where the loss stopped being finite)",
+            report,
+            history,
+        )
+    return report
+
+
 def train_flow(
     flow: Flow,
     action: Action,
@@ -171,6 +294,11 @@ def train_flow(
     are averaged over the ranks (the gradient of the mean loss over the global batch), and the
     ``loss`` and ``ess`` recorded are those of the global batch, the same on every rank. A run of
     ``k`` ranks with batch ``b`` thus follows a single process given the ``k`` ranks' generators.
+
+    When the budget is spent (``n_steps`` or ``max_seconds``: the training is complete), the flow must
+    pass :func:`check_flow_health` on fresh samples; a broken flow (a loss or ESS that is not finite,
+    a non-finite weight) raises :class:`FlowHealthError` with the history, so a run of fewer bad
+    steps than ``max_bad_steps`` is never taken for a trained flow.
     """
     rows = [] if history is None else history.to_dict("records")
     start_step = len(rows)
@@ -215,7 +343,17 @@ def train_flow(
                 loss_v, ess_v, grad_v = torch.stack([global_loss, ess, grad_norm.to(loss.dtype)]).tolist()
             finite = math.isfinite(loss_v) and math.isfinite(grad_v)
             if finite:
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as exc:  # e.g. a step size lr / (1 - beta_1^t) beyond the dtype's range
+                    rows.append(
+                        {"step": step, "loss": loss_v, "ess": ess_v, "lr": lr, "grad_norm": grad_v, "seconds": elapsed, "skipped": True}
+                    )
+                    raise TrainingError(
+                        f"the optimizer step failed at step {step} ({' '.join(str(exc).split())}) with learning rate "
+                        f"{lr:g} in {str(dtype).removeprefix('torch.')}; lower training.lr",
+                        history=pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)),
+                    ) from None
                 bad_in_a_row = 0
             else:
                 optimizer.zero_grad(set_to_none=True)
@@ -241,7 +379,13 @@ def train_flow(
         if bar is not None:
             bar.close()
         flow.eval()
-    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    history = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    if rows and settings.progress(int(rows[-1]["step"]) + 1, elapsed) >= 1.0:
+        check_flow_health(
+            flow, action, lattice_shape, dtype=dtype, device=device, what=f"the flow after {len(rows)} training steps",
+            history=history,
+        )
+    return history
 
 
 # -- the end-of-training figures that the log and training.png quote ---------------------------

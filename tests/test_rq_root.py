@@ -173,3 +173,42 @@ def test_poisson_flow_and_its_spline_stay_in_range(von_mises_beta, dtype):
     # and the round trip is the identity on the circle
     gap = (torch.remainder(back.double() - z.double() + math.pi, 2 * math.pi) - math.pi).abs().max()
     assert float(gap) < (1e-9 if dtype == torch.float64 else 1e-3)
+
+
+def test_the_accuracy_benchmark_runs(capsys):
+    """``benchmarks/rq_root_accuracy.py`` (the figures quoted for item 7) runs end to end on a small sample."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "rq_root_accuracy.py"
+    spec = importlib.util.spec_from_file_location("rq_root_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--n", "500"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 2 * len(module.SCALES)
+    for line in lines[2:]:
+        *_, by_sign, dx, dy, outside = line.split()
+        assert float(by_sign) <= BOUND and float(dx) <= BOUND and float(dy) <= BOUND and outside == "0", line
+
+
+def test_the_cost_benchmark_runs(capsys):
+    """``benchmarks/circle_map_cost.py`` runs end to end on a tiny case (its timings are not tests)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "circle_map_cost.py"
+    spec = importlib.util.spec_from_file_location("circle_map_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--shape", "4", "--chains", "2", "--sites", "100", "--repeats", "1", "--inner", "1", "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(float(line.split()[-1]) > 0 for line in lines[2:])
+    # and the code is restored afterwards
+    assert circle_maps_module().wrap_exact is wrap_exact
+
+
+def circle_maps_module():
+    import lattice_flows_u1.flows.circle_maps as module
+
+    return module

@@ -22,6 +22,7 @@ all a coupling layer needs (it saves the reductions). All-zero parameters give t
 from __future__ import annotations
 
 import abc
+import functools
 import math
 
 import attrs
@@ -52,9 +53,16 @@ def wrap_exact(theta: Tensor) -> Tensor:
     (True, True)
     """
     r = wrap(theta)
-    pi = torch.tensor(math.pi, dtype=r.dtype, device=r.device)
-    r = torch.where(r >= pi, r - 2 * pi, r)
-    return torch.where(r < -pi, r + 2 * pi, r)
+    pi = pi_of(r.dtype)
+    with torch.no_grad():  # the turns to add, -1, 0 or 1: constants, so one autograd node in all
+        turns = (r < -pi).to(r.dtype).sub_((r >= pi).to(r.dtype))
+    return torch.add(r, turns, alpha=2 * pi)
+
+
+@functools.lru_cache(maxsize=None)
+def pi_of(dtype: torch.dtype) -> float:
+    """``pi`` rounded to ``dtype``, as a Python float (``3.1415927410125732`` for ``float32``)."""
+    return float(torch.tensor(math.pi, dtype=dtype))
 
 
 class CircleMap(abc.ABC):

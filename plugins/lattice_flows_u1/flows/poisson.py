@@ -58,7 +58,7 @@ from lattice_flows import Flow
 from lattice_flows.params import integer, real
 
 from ..geometry import plaquette_angles, shift
-from .circle_maps import CircularSpline, rational_quadratic_root, wrap_exact
+from .circle_maps import CircularSpline, pi_of, rational_quadratic_root, wrap_exact
 
 __all__ = ["PlaquettePoissonFlow", "SharedCircleSpline", "von_mises_spline_logits", "coulomb_links"]
 
@@ -137,11 +137,12 @@ class SharedCircleSpline(nn.Module):
     @staticmethod
     def _closed(angle: Tensor) -> Tensor:
         """``angle`` (in ``[-pi, pi]`` up to the round-off of a knot) clamped into ``[-pi, pi]`` of its dtype."""
-        pi = float(torch.tensor(math.pi, dtype=angle.dtype))
+        pi = pi_of(angle.dtype)
         return angle.clamp(-pi, pi)
 
-    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        u = wrap_exact(u)
+    def forward(self, u: Tensor, *, wrapped: bool = False) -> tuple[Tensor, Tensor]:
+        """``(h(u), log h'(u))``; ``wrapped=True`` skips the wrap for ``u`` already in ``[-pi, pi)`` exactly."""
+        u = u if wrapped else wrap_exact(u)
         x0, y0, wk, hk, d0, d1 = self._bin(self.tables(u.dtype, u.device), u, 0)
         s = hk / wk
         xi = ((u - x0) / wk).clamp(0, 1)
@@ -150,8 +151,9 @@ class SharedCircleSpline(nn.Module):
         theta = y0 + hk * (s * xi * xi + d0 * xi1) / D
         return self._closed(theta), CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
 
-    def inverse(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        theta = wrap_exact(theta)
+    def inverse(self, theta: Tensor, *, wrapped: bool = False) -> tuple[Tensor, Tensor]:
+        """``(h^{-1}(theta), log h'(h^{-1}(theta)))``; ``wrapped`` as in :meth:`forward`."""
+        theta = theta if wrapped else wrap_exact(theta)
         x0, y0, wk, hk, d0, d1 = self._bin(self.tables(theta.dtype, theta.device), theta, 1)
         s = hk / wk
         xi = rational_quadratic_root(theta - y0, hk, s, d0, d1).clamp(0, 1)
@@ -255,7 +257,7 @@ class PlaquettePoissonFlow(Flow):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         self._check_input(z)
         u = wrap_exact(plaquette_angles(z))
-        theta, log_slope = self.spline(u)
+        theta, log_slope = self.spline(u, wrapped=True)
         moved = theta - u
         r = moved - moved.mean(dim=(1, 2), keepdim=True)
         return wrap_exact(z + self._shift_links(r)), self._logdet(log_slope)
@@ -263,7 +265,7 @@ class PlaquettePoissonFlow(Flow):
     def _residual(self, c: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         """``(g(c), g'(c))`` for the plaquettes ``p`` of ``x`` and shifts ``c`` ``(B, 1, 1)``."""
         theta = wrap_exact(p + c)
-        u, log_slope = self.spline.inverse(theta)
+        u, log_slope = self.spline.inverse(theta, wrapped=True)
         g = c - (theta - u).mean(dim=(1, 2), keepdim=True)
         return g, torch.exp(-log_slope).mean(dim=(1, 2), keepdim=True)
 
@@ -299,6 +301,6 @@ class PlaquettePoissonFlow(Flow):
                         f"max residual {worst:.3g} > tolerance {tol:.3g} ({x.dtype})"
                     )
         theta = wrap_exact(p + c)
-        u, log_slope = self.spline.inverse(theta)
+        u, log_slope = self.spline.inverse(theta, wrapped=True)
         r = theta - u - c
         return wrap_exact(x - self._shift_links(r)), -self._logdet(log_slope)
