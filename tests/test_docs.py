@@ -6,7 +6,7 @@ fence says what happens to a block:
 
 - ```` ```python ````: executed.
 - ```` ```python no-run ````: shown only, never executed. For examples too long for the test suite (the
-  README's 64-chain run and 10-minute training); say in the text around it what it would do.
+  README's 10-minute training); say in the text around it what it would do.
 - ```` ```python requires=MODULE ````: executed if ``MODULE`` can be imported (``matplotlib`` for a
   figure), skipped otherwise; later blocks must not depend on it.
 - ```` ```LANGUAGE file=NAME ````: written to ``NAME`` in the working directory instead of being executed:
