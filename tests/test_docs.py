@@ -392,3 +392,14 @@ def test_check_docs_finds_the_training_commands(monkeypatch):
     expected = [w for w, words, doc in doc_commands("run") if trains(run_spec(words, doc)[1])]
     assert expected, "no documented command trains a flow: is the quickstart's spec example gone?"
     assert [case.where for case in check_docs.training_commands()] == expected
+
+
+def test_check_summary_fails_on_a_bad_pull_and_passes_a_good_one():
+    good = pd.DataFrame({"mean": [0.7652, 1.0], "error": [0.001, 0.0], "exact": [0.7650, 1.0], "pull": [0.2, float("nan")]},
+                        index=["plaquette", "exp(-delta_H)"])
+    check_summary(good, "good")
+    bad = good.assign(mean=[0.7395, 1.0], error=[0.004, 0.0], pull=[-6.4, float("nan")])  # issue 13's quickstart plaquette
+    with pytest.raises(AssertionError, match="plaquette = 0.7395 .* pull -6.40"):
+        check_summary(bad, "bad")
+    with pytest.raises(AssertionError, match="constant"):
+        check_summary(good.assign(mean=[0.7652, 0.99]), "constant")
