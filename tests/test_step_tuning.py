@@ -172,3 +172,19 @@ def test_a_run_stopped_while_tuning_resumes_row_for_row(sampler, tmp_path):
     pd.testing.assert_frame_equal(whole, resumed)
     assert resumed.attrs["sampler"] == whole.attrs["sampler"]
     assert whole.attrs["sampler"]["integrator"]["n_steps"] > 2
+
+
+def test_the_run_folder_records_the_tuned_step_and_n_steps(tmp_path, monkeypatch, capsys):
+    import json
+
+    from lattice_flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = {**BASE, "n_trajectories": 4, "sampler": {"name": "hmc", "target_acceptance": 0.9, "integrator": {"name": "leapfrog", "step_size": 0.5, "n_steps": 2}}}
+    (tmp_path / "tuned.json").write_text(json.dumps(spec))
+    assert main(["run", "tuned.json", "--quiet", "--out", "run"]) == 0
+    sampler = json.loads((tmp_path / "run" / "status.json").read_text())["sampler"]
+    _assert_length_kept(sampler, 1.0)
+    assert sampler["integrator"]["n_steps"] > COSTLY_TUNING * 2
+    warning = [line for line in capsys.readouterr().err.splitlines() if "times the spec's 2" in line]
+    assert len(warning) == 1 and warning[0].startswith("lattice-flows: the step size tuned")  # shown even with --quiet

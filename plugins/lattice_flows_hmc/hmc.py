@@ -53,9 +53,9 @@ def check_tuning(sampler) -> None:
     if sampler.trajectory_length and not sampler.target_acceptance:
         raise ParameterError(
             "trajectory_length",
-            f"is used only while target_acceptance tunes the step size; got trajectory_length = "
-            f"{sampler.trajectory_length!r} with target_acceptance = 0 (set target_acceptance, or set the "
-            "integrator's step_size and n_steps instead)",
+            f"expected 0 unless target_acceptance > 0 tunes the step size (it is used only then); got "
+            f"{sampler.trajectory_length!r} with target_acceptance 0: set target_acceptance, or drop "
+            "trajectory_length and give the trajectory as the integrator's step_size and n_steps",
         )
 
 
