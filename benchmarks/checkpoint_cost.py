@@ -66,7 +66,7 @@ def main() -> None:
         for _ in range(args.repeats):
             times["none"].append(seconds(sim, None, args.every))
             times["checkpointed"].append(seconds(sim, checkpoint, args.every))
-        segments = len(list(checkpoint.with_suffix(".records").glob("rows-*.pt")))
+        segments = len(list(checkpoint.with_suffix(".records").glob("segment-*.pt")))
         size = checkpoint.stat().st_size
     finally:
         if not args.dir:

@@ -133,8 +133,10 @@ def write_figures(
             fig = make()
             if fig is not None:
                 save(fig, name)
-        except OSError:  # a full disk (ENOSPC) or a lost folder: the job must fail, not report success
-            raise
+        except OSError as exc:  # a full disk (ENOSPC) or a lost folder: the job must fail, not report success
+            from .checkpoint import write_error
+
+            raise write_error(out / name, exc) from None
         except Exception:  # a failed figure must not lose the others (or the run that preceded them)
             logger.warning("could not write %s", out / name, exc_info=True)
     return written

@@ -158,10 +158,7 @@ class RunFolder:
         self._write_spec(spec)
 
     def _write_spec(self, spec: dict[str, Any]) -> None:
-        try:
-            _write_text(self.spec, json.dumps(spec, indent=2) + "\n")
-        except OSError as exc:
-            raise RunFolderError(f"{self.path}: cannot write the run folder ({exc.strerror or exc})") from None
+        _write_text(self.spec, json.dumps(spec, indent=2) + "\n")  # a WriteError names the file
 
     def _has_files(self) -> bool:
         """Whether the folder exists and holds anything but the lock file."""

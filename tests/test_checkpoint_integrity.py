@@ -137,7 +137,7 @@ def test_a_corrupted_chains_segment_is_refused(tmp_path):
     spec.pop("flow")
     checkpoint = tmp_path / "chains.pt"
     whole = Simulation.from_spec(spec).run(checkpoint=checkpoint, checkpoint_every=10, progress=False)
-    segments = sorted((tmp_path / "chains.records").glob("rows-*.pt"))
+    segments = sorted((tmp_path / "chains.records").glob("segment-*.pt"))
     assert len(segments) == 3
     blob = bytearray(segments[1].read_bytes())
     blob[-50] ^= 0x01
