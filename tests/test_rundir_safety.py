@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from lattice_flows import Simulation
-from lattice_flows.checkpoint import WriteError, write_atomic
+from lattice_flows.checkpoint import write_atomic
 from lattice_flows.cli import main
-from lattice_flows.rundir import RunFolder, RunFolderError, RunFolderLocked
+from lattice_flows.rundir import RunFolder, RunFolderError
 
 SPEC_TOML = """
 n_chains = 3
@@ -78,10 +78,11 @@ def _error_line(capsys) -> str:
 # -- the lock --------------------------------------------------------------------------------------
 
 
-def test_two_processes_started_together_on_one_folder_cannot_both_run(workdir):
+def _start_two_together(workdir, attempts: int) -> None:
+    """Start two runs of different beta on one --out, ``attempts`` times: one must run, the other be refused."""
     spec2, spec3 = _spec_file(workdir, beta=2.0, name="b2.toml"), _spec_file(workdir, beta=3.0, name="b3.toml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(3):
+    for attempt in range(attempts):
         out = f"same{attempt}"
         processes = [
             subprocess.Popen([sys.executable, "-m", "lattice_flows", "run", str(s), "--out", out, "--quiet"],
@@ -99,6 +100,15 @@ def test_two_processes_started_together_on_one_folder_cannot_both_run(workdir):
         assert json.loads((workdir / out / "status.json").read_text())["sampling"] == "complete"
 
 
+def test_two_processes_started_together_on_one_folder_cannot_both_run(workdir):
+    _start_two_together(workdir, attempts=1)
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_repeatedly(workdir):
+    _start_two_together(workdir, attempts=6)
+
+
 def test_a_held_folder_is_refused_naming_the_holder(workdir, capsys):
     spec = _spec_file(workdir)
     assert main(["run", str(spec), "--quiet"]) == 0
@@ -109,6 +119,8 @@ def test_a_held_folder_is_refused_naming_the_holder(workdir, capsys):
         assert main(["run", str(spec), "--quiet", "--resume"]) == 2
         line = _error_line(capsys)
         assert f"in use by pid {os.getpid()} on host" in line and "since" in line and "pytest" in line, line
+        from lattice_flows.rundir import RunFolderLocked
+
         with pytest.raises(RunFolderLocked):
             RunFolder.open("runs/small", saved, resume=True)
     finally:
@@ -321,6 +333,8 @@ def test_a_full_disk_is_a_clear_error_and_a_non_zero_exit(workdir, capsys, monke
 
 
 def test_write_atomic_names_the_file_when_torch_or_pyarrow_fail_on_a_full_disk(tmp_path, monkeypatch):
+    from lattice_flows.checkpoint import WriteError
+
     monkeypatch.setattr(os, "statvfs", lambda path: type("S", (), {"f_bavail": 0})())
 
     def torch_like(tmp):
