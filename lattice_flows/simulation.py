@@ -641,6 +641,7 @@ class Simulation:
             },
             path,
         )
+
     def _resume(self, path: Path):
         from .rundir import resume_difference
 
