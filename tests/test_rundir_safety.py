@@ -411,3 +411,27 @@ def test_checkpoint_cost_benchmark_runs(monkeypatch, capsys):
     module.main()
     out = capsys.readouterr().out
     assert "3 segment files" in out and "ratio checkpointed / none:" in out
+
+
+# -- several processes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_holds_the_folder_and_an_extension_matches_one_run(workdir):
+    """Two ranks: the segments gather both ranks' rows, and an extended run is the longer run's table."""
+    spec = _spec_file(workdir, n=30)
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "lattice_flows", "run", *args, "--quiet", "--backend", "gloo", "--checkpoint-every", "7"]
+        result = subprocess.run(cmd, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    torchrun(str(spec), "--out", "ext")
+    assert len(json.loads((workdir / "ext/.lock").read_text())) == 4  # pid, host, command, started (rank 0's)
+    torchrun(str(spec), "--out", "ext", "--resume", "--set", "n_trajectories=60")
+    torchrun(str(_spec_file(workdir, n=60)), "--out", "whole")
+    a, b = pd.read_parquet(workdir / "ext/table.parquet"), pd.read_parquet(workdir / "whole/table.parquet")
+    assert len(a) == 3 * 60
+    pd.testing.assert_frame_equal(a, b)
