@@ -75,6 +75,11 @@ def resume_difference(saved: dict[str, Any], spec: dict[str, Any]) -> str | None
     return None
 
 
+def _ignorable(path: Path) -> bool:
+    """The lock file, or a temporary file of :func:`~lattice_flows.checkpoint.write_atomic` left by a killed job."""
+    return path.name == LOCK_NAME or (path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file())
+
+
 def _write_text(path: Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
@@ -156,14 +161,15 @@ class RunFolder:
                 self.update_status(sampling=f"extending to {spec['n_trajectories']} trajectories")
             return
         self.created = True
+        self.remove_orphans()  # a spec.json that a killed job never finished
         self._write_spec(spec)
 
     def _write_spec(self, spec: dict[str, Any]) -> None:
         _write_text(self.spec, json.dumps(spec, indent=2) + "\n")  # a WriteError names the file
 
     def _has_files(self) -> bool:
-        """Whether the folder exists and holds anything but the lock file."""
-        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
+        """Whether the folder exists and holds anything but the lock file and orphan ``.*.tmp`` files."""
+        return self.path.is_dir() and any(not _ignorable(p) for p in self.path.iterdir())
 
     # -- the lock -----------------------------------------------------------------------------
 
@@ -248,8 +254,9 @@ class RunFolder:
         the same command works once the cause is fixed. Only for a new folder that this process holds."""
         if not (self.created and self.locked):
             return False
-        if any(p.name not in (LOCK_NAME, "spec.json") for p in self.path.iterdir()):
+        if any(p.name != "spec.json" and not _ignorable(p) for p in self.path.iterdir()):
             return False
+        self.remove_orphans()
         self.spec.unlink(missing_ok=True)
         self._discard()
         return True

@@ -278,6 +278,13 @@ def test_orphan_temporary_files_are_removed_only_under_the_lock(workdir, capsys)
     assert all(not o.exists() for o in orphans)
 
 
+def test_a_folder_left_with_a_half_written_spec_is_a_new_run(workdir, capsys):
+    (workdir / "cut").mkdir()
+    (workdir / "cut" / ".spec.json.k3j4.tmp").write_text('{"lattice": ')  # SIGKILL while the first file was written
+    assert main(["run", str(_spec_file(workdir)), "--quiet", "--out", "cut"]) == 0
+    assert not list((workdir / "cut").glob("*.tmp"))
+
+
 # -- file modes ------------------------------------------------------------------------------------------
 
 
