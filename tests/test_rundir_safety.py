@@ -104,6 +104,28 @@ def test_two_processes_started_together_on_one_folder_cannot_both_run(workdir):
     _start_two_together(workdir, attempts=1)
 
 
+def test_two_processes_racing_for_twenty_folders_never_both_get_one(workdir):
+    """Two processes open the same 20 folders, each at an agreed instant: exactly one gets each folder."""
+    import time
+
+    worker = Path(__file__).resolve().parent / "workers" / "open_together.py"
+    start, n = time.time() + 8.0, 20  # both processes have imported lattice_flows by then
+    processes = [
+        subprocess.Popen([sys.executable, str(worker), str(workdir / "race"), str(n), str(start), "0.25", beta],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for beta in ("2.0", "3.0")
+    ]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    lines = [dict(line.split(" ", 1) for line in out.splitlines()[:-1]) for out, _ in outputs]
+    assert all(len(per_process) == n for per_process in lines), outputs
+    opened = [sum(per_process[str(i)] == "opened" for per_process in lines) for i in range(n)]
+    assert opened == [1] * n, outputs
+    for i in range(n):
+        refused = [per_process[str(i)] for per_process in lines if per_process[str(i)] != "opened"][0]
+        assert "in use by" in refused or "already exists" in refused, refused
+
+
 @pytest.mark.slow
 def test_two_processes_started_together_repeatedly(workdir):
     _start_two_together(workdir, attempts=6)
