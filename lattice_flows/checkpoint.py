@@ -29,6 +29,7 @@ from .errors import LatticeFlowsError
 __all__ = [
     "CheckpointError",
     "WriteError",
+    "write_error",
     "write_atomic",
     "save_atomic",
     "load_checkpoint",
@@ -49,7 +50,17 @@ class CheckpointError(LatticeFlowsError, ValueError):
 
 
 class WriteError(LatticeFlowsError, OSError):
-    """A file of a run cannot be written (a full disk, a read-only or vanished folder); the old file is intact."""
+    """A file of a run cannot be written (a full disk, a read-only or vanished folder); the old file is intact.
+
+    ``errno`` is the failed call's (``errno.ENOSPC`` for a full disk, or ``None``), ``filename`` the file.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.message, self.errno, self.filename = message, errno_, filename
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _umask() -> int:
@@ -58,7 +69,11 @@ def _umask() -> int:
     return mask
 
 
-def _write_error(path: Path, exc: BaseException) -> WriteError:
+def write_error(path: str | Path, exc: BaseException) -> WriteError:
+    """The :class:`WriteError` for ``exc`` raised while writing ``path`` (``exc`` itself if it is one)."""
+    if isinstance(exc, WriteError):
+        return exc
+    path = Path(path)
     if isinstance(exc, OSError) and exc.errno is not None:
         reason = f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -70,10 +85,7 @@ def _write_error(path: Path, exc: BaseException) -> WriteError:
                 reason = "No space left on device (ENOSPC); free some space, then continue with --resume"
         except OSError:
             pass
-    error = WriteError(f"cannot write {path}: {reason}")
-    error.errno = getattr(exc, "errno", None)
-    error.filename = str(path)
-    return error
+    return WriteError(f"cannot write {path}: {reason}", getattr(exc, "errno", None), str(path))
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -89,7 +101,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         os.close(fd)
@@ -102,7 +114,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
         if isinstance(exc, WriteError) or not isinstance(exc, Exception):
             raise
         if isinstance(exc, OSError) or _disk_full(path):
-            raise _write_error(path, exc) from None
+            raise write_error(path, exc) from None
         raise
     return path
 
@@ -130,7 +142,7 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
 
 
 def checkpoint_digest(blob: bytes) -> str:
-    """The SHA-256 in the header of the checkpoint bytes ``blob`` (from :func:`encode_checkpoint`)."""
+    """The SHA-256 in the header of the checkpoint bytes ``blob`` (from :func:`encode_checkpoint`, or a file's first 256 bytes)."""
     match = _HEADER.match(blob[:_HEADER_MAX])
     assert match is not None, "not bytes from encode_checkpoint"
     return match.group(2).decode()
@@ -141,11 +153,8 @@ def _torch_load(payload: bytes | Path) -> Any:
     return torch.load(source, map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(path: str | Path, *, digest: str | None = None) -> dict[str, Any]:
-    """The contents of a checkpoint written by :func:`save_atomic`; :class:`CheckpointError` otherwise.
-
-    ``digest``: the SHA-256 the payload must have (a checkpoint that lists other files checks them so).
-    """
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The contents of a checkpoint written by :func:`save_atomic`; :class:`CheckpointError` otherwise."""
     path = Path(path)
     bad = f"{path}: not a readable lattice-flows checkpoint"
     try:
@@ -176,8 +185,6 @@ def load_checkpoint(path: str | Path, *, digest: str | None = None) -> dict[str,
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:
         raise CheckpointError(f"{bad}: its SHA-256 checksum does not match its contents (the file is corrupted)")
-    if digest is not None and actual != digest:
-        raise CheckpointError(f"{path}: not the file its checkpoint lists (checksum {actual[:12]}..., expected {digest[:12]}...)")
     try:
         data = _torch_load(payload)
     except Exception:  # a checksum that matches damaged data: written so by another program

@@ -347,6 +347,7 @@ def cmd_sample(args):
 def cmd_report(args) -> int:
     folder = RunFolder(args.run_dir)
     spec = folder.read_spec()
+    _HELD.append(folder.hold())  # the summary and figures are rewritten: not while a job runs there
     sim = Simulation.from_spec(spec)
     sim = _with_folder_flow(sim, folder)
     report(sim, folder, folder.read_table())

@@ -75,6 +75,11 @@ def resume_difference(saved: dict[str, Any], spec: dict[str, Any]) -> str | None
     return None
 
 
+def _ignorable(path: Path) -> bool:
+    """The lock file, or a temporary file of :func:`~lattice_flows.checkpoint.write_atomic` left by a killed job."""
+    return path.name == LOCK_NAME or (path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file())
+
+
 def _write_text(path: Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
@@ -151,21 +156,20 @@ class RunFolder:
                     "resume it with the same spec, or choose another --out"
                 )
             self.remove_orphans()
-            if saved != spec:  # more trajectories: the run is extended
+            if saved != spec:  # more trajectories: the run is extended; its table is the old one until it ends
                 self._write_spec(spec)
+                self.update_status(sampling=f"extending to {spec['n_trajectories']} trajectories")
             return
         self.created = True
+        self.remove_orphans()  # a spec.json that a killed job never finished
         self._write_spec(spec)
 
     def _write_spec(self, spec: dict[str, Any]) -> None:
-        try:
-            _write_text(self.spec, json.dumps(spec, indent=2) + "\n")
-        except OSError as exc:
-            raise RunFolderError(f"{self.path}: cannot write the run folder ({exc.strerror or exc})") from None
+        _write_text(self.spec, json.dumps(spec, indent=2) + "\n")  # a WriteError names the file
 
     def _has_files(self) -> bool:
-        """Whether the folder exists and holds anything but the lock file."""
-        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
+        """Whether the folder exists and holds anything but the lock file and orphan ``.*.tmp`` files."""
+        return self.path.is_dir() and any(not _ignorable(p) for p in self.path.iterdir())
 
     # -- the lock -----------------------------------------------------------------------------
 
@@ -209,6 +213,13 @@ class RunFolder:
             raise RunFolderError(f"{self.lock_file}: cannot write ({exc.strerror or exc})") from None
         self._lock_fd = fd
 
+    def hold(self) -> "RunFolder":
+        """Lock an existing run folder (for a job that rewrites its summary and figures) and remove its orphans."""
+        self.read_spec()  # a RunFolderError for a folder that is not a run folder
+        self._lock()
+        self.remove_orphans()
+        return self
+
     def holder(self) -> str:
         """Who holds the lock, in words (from the lock file), e.g. ``pid 123 on host a (lattice-flows run s.toml), since ...``."""
         try:
@@ -243,8 +254,9 @@ class RunFolder:
         the same command works once the cause is fixed. Only for a new folder that this process holds."""
         if not (self.created and self.locked):
             return False
-        if any(p.name not in (LOCK_NAME, "spec.json") for p in self.path.iterdir()):
+        if any(p.name != "spec.json" and not _ignorable(p) for p in self.path.iterdir()):
             return False
+        self.remove_orphans()
         self.spec.unlink(missing_ok=True)
         self._discard()
         return True

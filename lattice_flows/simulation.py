@@ -8,6 +8,7 @@ a pandas table, :meth:`Simulation.summary` analyses it (:mod:`lattice_flows.anal
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -93,13 +94,23 @@ def _segments_dir(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".records")
 
 
-def _remove_segments(checkpoint: Path, keep) -> None:
-    """Remove the segment files of ``checkpoint`` not named in ``keep`` (rank 0 only)."""
+def _segment_name(index: int) -> str:
+    return f"segment-{index:06d}.pt"
+
+
+def _chain_digest(previous: str, digest: str) -> str:
+    """The digest of the segments so far, from the previous one and the new segment's SHA-256."""
+    return hashlib.sha256((previous + digest).encode()).hexdigest()
+
+
+def _remove_segments(checkpoint: Path, first: int) -> None:
+    """Remove the segment files of ``checkpoint`` from number ``first`` on: never listed (rank 0 only)."""
     folder = _segments_dir(checkpoint)
     if not distributed.is_main() or not folder.is_dir():
         return
-    for segment in folder.glob("rows-*.pt"):
-        if segment.name not in keep:
+    for segment in folder.glob("segment-*.pt"):
+        number = segment.stem.removeprefix("segment-")
+        if number.isdigit() and int(number) >= first:
             segment.unlink(missing_ok=True)
 
 
@@ -561,9 +572,11 @@ class Simulation:
         gives; a larger ``n_trajectories`` than the checkpoint's extends the run (nothing else may
         differ). It holds the fields (and the sampler's other state, such as FTHMC's latent field),
         the generator's state and the sampler as tuned so far, rewritten at every save; the
-        measurements are appended, one segment file per save, in the folder ``<checkpoint stem>.records``
-        beside it (``chains.records/rows-000000000-000000100.pt``), which the checkpoint lists with
-        their SHA-256, so that the cost of saving does not grow with the run.
+        measurements are appended, one segment file per save with the rows since the last, in the
+        folder ``<checkpoint stem>.records`` beside it (``chains.records/segment-000000.pt``, ...), so
+        that a save costs the same however long the run. The checkpoint counts the segments and
+        chains their SHA-256 into one digest: a missing, damaged or foreign segment is an error, one
+        written after the last checkpoint (a kill between the two writes) is ignored and removed.
         ``should_stop()``: asked after every update; when true, the checkpoint is written and
         :class:`RunInterrupted` raised. ``progress``: a tqdm bar with the running acceptance and
         ``delta_H`` (default: only when standard error is a terminal). A sampler that goes through a
@@ -574,12 +587,12 @@ class Simulation:
         total = n_therm + n_traj
         chains = self.local_chains()
         checkpoint = Path(checkpoint) if checkpoint is not None else None
-        saved = {"rows": 0, "segments": []}  # the measurements in the checkpoint's segment files so far
+        saved = {"rows": 0, "segments": 0, "digest": ""}  # the measurements in the checkpoint's segment files
         if checkpoint is not None and checkpoint.exists():
             generator, sampler, state, done, records, saved = self._resume(checkpoint)
         else:
             if checkpoint is not None:
-                _remove_segments(checkpoint, keep=())  # a previous run's, never to be listed again
+                _remove_segments(checkpoint, first=0)  # a previous run's, never to be read again
             generator = self.generator()
             sampler = self.sampler
             if initial is None:
@@ -637,9 +650,11 @@ class Simulation:
         return table
 
     def _save_chains(self, path: Path, generator, sampler: Sampler, state, done: int, records, saved) -> None:
-        """Write the chains checkpoint: the measurements since the last save as a new segment file, then the
-        small state (which lists the segments) atomically over ``path``. Under several ranks, every rank's
-        part goes into rank 0's files. ``saved``: ``{"rows", "segments"}`` so far, updated here."""
+        """Write the chains checkpoint: the measurements since the last save as the next segment file, then the
+        small state atomically over ``path``. The state holds the number of segments and rows and a digest
+        chained through the segments' SHA-256, so that it keeps its size however long the run. Under several
+        ranks, every rank's part goes into rank 0's files. ``saved``: ``{"rows", "segments", "digest"}``
+        so far, updated here."""
         start = saved["rows"]
         stop = len(next(iter(records.values()))) if records else 0
         new = {key: torch.stack(values[start:stop]).cpu() for key, values in records.items()} if stop > start else None
@@ -653,17 +668,17 @@ class Simulation:
         if not distributed.is_main():
             return
         if stop > start:
-            name = f"rows-{start:09d}-{stop:09d}.pt"
             blob = encode_checkpoint({"kind": "chains records", "rows": [start, stop], "ranks": [g[1] for g in gathered]})
-            write_atomic(_segments_dir(path) / name, lambda tmp: tmp.write_bytes(blob))
-            saved["segments"].append({"name": name, "rows": [start, stop], "sha256": checkpoint_digest(blob)})
+            write_atomic(_segments_dir(path) / _segment_name(saved["segments"]), lambda tmp: tmp.write_bytes(blob))
+            saved["segments"] += 1
+            saved["digest"] = _chain_digest(saved["digest"], checkpoint_digest(blob))
         save_atomic(
             {
                 "kind": "chains",
                 "spec": self.to_spec(),
                 "updates_done": done,
                 "ranks": [g[0] for g in gathered],
-                "segments": list(saved["segments"]),
+                "records": {"rows": stop, "segments": saved["segments"], "digest": saved["digest"]},
             },
             path,
         )
@@ -688,36 +703,39 @@ class Simulation:
         state = attrs.evolve(state, **fields)
         generator = torch.Generator(device=self.device)
         generator.set_state(part["generator"])
-        if "segments" in data:
-            saved = {"rows": 0, "segments": list(data["segments"])}
-            pieces = self._read_segments(path, saved)
-        else:  # version 1: the measurements inside the checkpoint
+        saved = {"rows": 0, "segments": 0, "digest": ""}
+        if "records" not in data:  # version 1: the measurements inside the checkpoint, rewritten as segments next time
             pieces = [part["records"]] if part["records"] else []
-            saved = {"rows": 0, "segments": []}
+            _remove_segments(path, first=0)
+        else:
+            pieces = self._read_segments(path, data["records"], saved)
         records: dict[str, list[torch.Tensor]] = {}
         for piece in pieces:
             for key, values in piece.items():
                 records.setdefault(key, []).extend(values.to(self.device).unbind(0))
-        if "segments" not in data:  # rewritten as segments at the next save
-            saved["rows"] = 0
         return generator, sampler, state, int(data["updates_done"]), records, saved
 
-    def _read_segments(self, path: Path, saved: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
-        """This rank's measurements from the segment files the checkpoint ``path`` lists, checked by SHA-256."""
+    def _read_segments(self, path: Path, listed: dict[str, Any], saved: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """This rank's measurements from the ``listed["segments"]`` segment files of the checkpoint ``path``,
+        each checked by its own SHA-256 and all together by the chained digest; ``saved`` is filled in."""
         folder = _segments_dir(path)
         pieces = []
-        for entry in saved["segments"]:
-            start, stop = entry["rows"]
-            if start != saved["rows"]:
-                raise CheckpointError(f"{path}: its segment list has a gap at row {saved['rows']} (the file is corrupted)")
-            segment = folder / entry["name"]
+        for index in range(int(listed["segments"])):
+            segment = folder / _segment_name(index)
             if not segment.exists():
-                raise CheckpointError(f"{path}: the measurements file {segment} it lists is missing; start a new run")
-            data = load_checkpoint(segment, digest=entry["sha256"])
+                raise CheckpointError(f"{path}: the measurements file {segment} it needs is missing; start a new run")
+            data = load_checkpoint(segment)
+            if data.get("kind") != "chains records" or data["rows"][0] != saved["rows"]:
+                raise CheckpointError(f"{segment}: not the measurements that {path} continues from; start a new run")
+            with open(segment, "rb") as f:
+                saved["digest"] = _chain_digest(saved["digest"], checkpoint_digest(f.read(256)))
+            saved["rows"], saved["segments"] = data["rows"][1], index + 1
             pieces.append(data["ranks"][distributed.rank()])
-            saved["rows"] = stop
-        if distributed.is_main():
-            _remove_segments(path, keep={entry["name"] for entry in saved["segments"]})  # written, then killed before listed
+        if saved["rows"] != listed["rows"] or saved["digest"] != listed["digest"]:
+            raise CheckpointError(
+                f"{path}: its measurement segments in {folder} are not the ones it was saved with; start a new run"
+            )
+        _remove_segments(path, first=saved["segments"])  # written, then killed before the state counted it
         return pieces
 
     def _table(self, records: dict[str, list[torch.Tensor]], chains: range) -> pd.DataFrame:

@@ -91,12 +91,12 @@ def test_a_second_signal_ends_a_long_update_at_once(tmp_path, first, second):
 def test_the_folder_resumes_after_two_sigterms_to_the_uninterrupted_table(tmp_path, monkeypatch, capsys):
     spec = tmp_path / "small.toml"
     spec.write_text(SPEC_TOML.format(n_steps=5))
-    # checkpoints after updates 5, 10, 15, 20; the 13th measured update (update 23) never ends
+    # checkpoints after updates 5, 10, 15 (segment 0: rows 0-5), 20 (segment 1); the 13th measured update (update 23) never ends
     process = _launch(
         [sys.executable, str(WORKER), "run", str(spec), "--out", "cut", "--quiet", "--checkpoint-every", "5"], tmp_path,
         SLOW_AFTER="12",
     )
-    _wait_for(tmp_path / "cut" / "chains.records" / "rows-000000005-000000010.pt", process)
+    _wait_for(tmp_path / "cut" / "chains.records" / "segment-000001.pt", process)
     time.sleep(1.0)
     code, err, seconds = _two_signals(process, signal.SIGTERM, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM and seconds < 10, err
