@@ -115,8 +115,9 @@ def _checkpoint_run_name(path: Path, command: str) -> str:
     """The default run folder's name for a job on a flow checkpoint: after the run folder it comes from
     (``runs/b2/flow.pt`` -> ``b2-sample``) or the file (``b2.pt`` -> ``b2-sample``), so that jobs on two
     runs' flows do not collide."""
-    source = path.resolve().parent.name if path.name == "flow.pt" and path.resolve().parent.name else path.stem
-    return f"{source}-{command}"
+    folder = path.resolve().parent
+    in_run_folder = path.name == "flow.pt" and folder.name and (folder / "spec.json").exists()
+    return f"{folder.name if in_run_folder else path.stem}-{command}"
 
 
 #: The run folders this process holds (locked), released when :func:`main` returns.

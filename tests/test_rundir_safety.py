@@ -207,9 +207,10 @@ def test_sample_names_its_folder_after_the_checkpoint(workdir, capsys):
         Simulation.from_spec({**FLOW_SPEC, "seed": seed}).save(workdir / name / "flow.pt")
         (workdir / name / "spec.json").write_text("{}")
     (workdir / "b2.pt").write_bytes((workdir / "a" / "flow.pt").read_bytes())
-    for source in ("a/flow.pt", "b/flow.pt", "b2.pt"):
+    (workdir / "flow.pt").write_bytes((workdir / "a" / "flow.pt").read_bytes())  # not in a run folder
+    for source in ("a/flow.pt", "b/flow.pt", "b2.pt", "flow.pt"):
         assert main(["sample", source, "--quiet"]) == 0
-    for folder in ("a-sample", "b-sample", "b2-sample"):
+    for folder in ("a-sample", "b-sample", "b2-sample", "flow-sample"):
         assert (workdir / "runs" / folder / "table.parquet").exists(), folder
     assert json.loads((workdir / "runs/b-sample/spec.json").read_text())["seed"] == 2
 
