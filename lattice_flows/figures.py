@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
-from .checkpoint import write_atomic
+from .checkpoint import WriteError, write_atomic
 from .flow_report import ess_text, lattice_text
 from .training import smoothed_history, smoothing_window
 
@@ -194,8 +194,8 @@ def write_figures(
         _, first = not_written[0]
         names = ", ".join(p.name for p, _ in not_written)
         reason = first.strerror or str(first)
-        raise OSError(
-            first.errno, f"{out}: could not write {len(not_written)} figure(s) ({names}): {reason}"
+        raise WriteError(
+            f"{out}: could not write {len(not_written)} figure(s) ({names}): {reason}", first.errno, str(out)
         ) from first
     return written
 
