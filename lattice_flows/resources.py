@@ -42,7 +42,8 @@ class Estimate(dict):
 
 
 def _positive_int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
+    # a value the flow's own validation will refuse (a bool, 0, beyond 64 bits) counts as the default here
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63 else default
 
 
 def estimate(

@@ -117,7 +117,7 @@ def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action:
     keys = {
         "fields": "spec['lattice']['shape'] and spec['n_chains']",
         "records": "spec['n_trajectories'] and spec['n_chains']",
-        "flow": "spec['lattice']['shape'] and spec['n_chains'] (or spec['training']['batch_size'])",
+        "flow": "spec['lattice']['shape'], spec['n_chains'] or spec['training']['batch_size'], and spec['flow'] (n_layers, hidden)",
     }
     largest = max(parts, key=parts.get)
     shown = ", ".join(f"{name} {resources.format_bytes(n)}" for name, n in parts.items())
@@ -125,6 +125,7 @@ def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action:
         f"{keys[largest]}: the run needs at least {resources.format_bytes(parts.total)} ({shown}; lattice "
         f"{list(lattice_shape)}, {n_local} chains, {settings.n_trajectories} trajectories, {settings.dtype}) but only "
         f"{resources.format_bytes(free)} is available ({source}); reduce lattice.shape, n_chains or n_trajectories"
+        + (" (or the flow's n_layers, hidden, training.batch_size)" if "flow" in parts else "")
     )
 
 
