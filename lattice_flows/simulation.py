@@ -129,6 +129,29 @@ def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action:
     )
 
 
+_ALLOCATION_FAILURES = (
+    "can't allocate memory", "out of memory", "storage size calculation overflowed", "overflow when unpacking",
+    "int too big", "unable to allocate",
+)
+
+
+def _build_flow_within_memory(build: Callable[[], Flow], section: Any) -> Flow:
+    """``build()``, with an allocation failure (sizes such as ``n_bins`` or ``kernel_size`` whose weights cannot
+    exist: ``MemoryError``, the allocator's ``RuntimeError``, a size beyond 64 bits) as a :class:`SpecError`."""
+    try:
+        return build()
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
+        text = str(exc).strip()
+        if not (isinstance(exc, MemoryError) or any(s in text.lower() for s in _ALLOCATION_FAILURES)):
+            raise
+        sizes = [k for k, v in section.items() if isinstance(v, (int, list)) and not isinstance(v, bool)] if isinstance(section, Mapping) else []
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise SpecError(
+            f"spec['flow']: the flow's weights cannot be allocated ({first}); reduce its sizes"
+            + (f" ({', '.join(sizes)})" if sizes else "")
+        ) from None
+
+
 def _check_action_finite(sim: "Simulation") -> None:
     """A :class:`SpecError` naming ``spec['action']`` if the action or its force of a field drawn from the
     prior is not finite in the run's dtype (couplings too large for it, e.g. a float32 overflow)."""
@@ -240,7 +263,7 @@ class Simulation:
             seed = spec.get("seed", 0) if isinstance(spec.get("seed", 0), int) else 0
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed((seed + FLOW_INIT_SEED_OFFSET) % 2**63)
-                flow = cls._build_flow(spec["flow"], action, context)
+                flow = _build_flow_within_memory(lambda: cls._build_flow(spec["flow"], action, context), spec["flow"])
             context["flow"] = flow
         training = None
         if spec.get("training") is not None:

@@ -126,7 +126,7 @@ def test_integers_beyond_64_bits_are_refused_everywhere():
     for cls in classes:
         for field in attrs.fields(cls):
             if field.metadata.get("type") == "integer":
-                with pytest.raises(ParameterError, match=r"2\*\*63 - 1|< 4611686018427387904"):
+                with pytest.raises(ParameterError, match=r"2\*\*63 - 1|< 4611686018427387904|<= 1048576"):
                     field.validator(None, field, INT64_MAX + 1)
 
 
@@ -170,6 +170,14 @@ def test_a_poisson_flow_whose_initial_spline_underflows_is_refused():
 
 
 # -- memory ----------------------------------------------------------------------------------------
+
+
+def test_a_flow_whose_weights_cannot_be_allocated_is_a_spec_error():
+    coupling = {**FLOW, "flow": {"name": "u1_plaquette_coupling", "n_layers": 2, "hidden": [4], "kernel_size": 10**9 + 1}}
+    message = _spec_error(coupling)
+    assert message.startswith("spec['flow']: the flow's weights cannot be allocated") and "kernel_size" in message
+    poisson = {**U1, "flow": {"name": "u1_plaquette_poisson", "n_bins": 2**63 - 1}, "sampler": "flow_imh"}
+    assert _spec_error(poisson).startswith("spec['flow']['n_bins']: expected an integer >= 2 and <= 1048576")
 
 
 def test_a_run_that_cannot_fit_is_refused_with_the_estimate_before_the_flow_is_built(monkeypatch):
@@ -252,7 +260,8 @@ def test_bad_flags_are_argument_errors_before_anything_is_written(workdir, capsy
     ],
 )
 def test_bad_set_values_are_one_line_errors_and_write_nothing(workdir, capsys, setting, where):
-    assert main(["run", "--quiet", "--out", "x", "--set", setting]) == 2
+    small = ["--set", "n_chains=2", "--set", "n_thermalization=1", "--set", "n_trajectories=3", "--set", "lattice.shape=[4,4]"]
+    assert main(["run", "--quiet", "--out", "x", *small, "--set", setting]) == 2  # the bad value last: it wins
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert where in err[0], err[0]
@@ -269,6 +278,7 @@ def test_bad_set_values_are_one_line_errors_and_write_nothing(workdir, capsys, s
     ids=["torch.OutOfMemoryError", "MemoryError", "cpu-allocator"],
 )
 def test_out_of_memory_during_a_run_is_a_one_line_error(workdir, capsys, monkeypatch, error):
+    """An allocation failure while sampling (here from Simulation.run, monkeypatched) ends with one line."""
     def fail(self, *args, **kwargs):
         raise error
 

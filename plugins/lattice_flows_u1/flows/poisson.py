@@ -199,7 +199,11 @@ class PlaquettePoissonFlow(Flow):
     class Config:
         """Spec parameters of ``u1_plaquette_poisson``."""
 
-        n_bins: int = integer(help="bins of the rational-quadratic spline shared by every plaquette", default=128, ge=2)
+        n_bins: int = integer(
+            help="bins of the rational-quadratic spline shared by every plaquette (at most 2^20: the initial spline "
+            "is built on a grid of 2^20 intervals, finer bins would have no width)",
+            default=128, ge=2, le=2**20,
+        )
         von_mises_beta: float = real(
             help="start as the map from uniform plaquettes to exp(beta cos x_P) (exact in infinite volume); "
             "0 starts as the identity; at most 1e4 (u1_wilson's largest beta), and small enough that the outer bins of "
