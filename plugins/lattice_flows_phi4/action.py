@@ -53,10 +53,12 @@ def optional_real(*, help: str, ge: float | None = None):
     def check(instance, attribute, value):
         if value is None:
             return
-        expected = "a finite number" + (f" >= {ge}" if ge is not None else "")
+        expected = "a number" + (f" >= {ge}" if ge is not None else "")
         if not isinstance(value, float):
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r} ({type(value).__name__})")
-        if not math.isfinite(value) or (ge is not None and not value >= ge):
+        if not math.isfinite(value):
+            raise ParameterError(attribute.name, f"expected a finite number{expected[len('a number'):]}, got {value!r}")
+        if ge is not None and not value >= ge:
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r}")
 
     def convert(value):
