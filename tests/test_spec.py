@@ -116,7 +116,7 @@ def test_run_from_given_fields():
         ({"action": {"name": "u1_wilson"}}, r"spec\['action'\]: missing parameter 'beta' for u1_wilson"),
         ({"action": {"name": "u1_wilsn", "beta": 1.0}}, r"spec\['action'\]: unknown action 'u1_wilsn'; available actions: (\w+, )*u1_wilson"),
         ({"action": {"beta": 1.0}}, r"spec\['action'\]: missing key 'name'; available actions: (\w+, )*u1_wilson"),
-        ({"action": {"name": "u1_wilson", "beta": -1.0}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got -1.0"),
+        ({"action": {"name": "u1_wilson", "beta": -1.0}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0 and <= 10000.0, got -1.0"),
         ({"action": {"name": "u1_wilson", "beta": 0}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got 0.0"),
         ({"action": {"name": "u1_wilson", "beta": "3"}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got '3' \(str\)"),
         ({"action": {"name": "u1_wilson", "beta": float("nan")}}, r"spec\['action'\]\['beta'\]: expected a number > 0.0, got nan"),

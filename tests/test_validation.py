@@ -296,3 +296,16 @@ def test_other_runtime_errors_still_raise(workdir, monkeypatch):
     monkeypatch.setattr(Simulation, "run", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["run", "--quiet", "--out", "x", "--set", "n_trajectories=5"])
+
+
+def test_the_exact_cost_benchmark_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "u1_exact_cost.py"
+    spec = importlib.util.spec_from_file_location("u1_exact_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--betas", "1", "2", "--shape", "4", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["beta", "median", "s", "ratio"] and len(lines) == 3
