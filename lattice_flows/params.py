@@ -56,7 +56,7 @@ def _check_number(kind: str, gt, ge, is_ok, lt=None, le=None, *, finite: bool = 
         expected = f"{kind}{_bounds_text(gt, ge, lt, le)}"
         if not is_ok(value):
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r} ({type(value).__name__})")
-        if finite and not math.isfinite(value):
+        if finite and math.isinf(value):  # (NaN fails below, as "expected a number ..., got nan")
             raise ParameterError(attribute.name, f"expected a finite number{_bounds_text(gt, ge, lt, le)}, got {value!r}")
         too_small = (gt is not None and not value > gt) or (ge is not None and not value >= ge)
         too_large = (lt is not None and not value < lt) or (le is not None and not value <= le)

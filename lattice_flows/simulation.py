@@ -242,7 +242,7 @@ class Simulation:
             and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= INT64_MAX for n in shape)
         ):
             raise SpecError(
-                f"spec['lattice']['shape']: expected a non-empty list of positive integers (each at most 2**63 - 1) "
+                f"spec['lattice']['shape']: expected a list of positive integers (at least one, each at most 2**63 - 1) "
                 f"such as [16, 16], got {shape!r}"
             )
         lattice_shape = tuple(shape)

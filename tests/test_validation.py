@@ -74,7 +74,7 @@ ISSUE_CASES = [
     (U1, "n_thermalization", -1, "spec['n_thermalization']", ">= 0"),
     (U1, "n_thermalization", True, "spec['n_thermalization']", "an integer"),
     (U1, "action.beta", "3", "spec['action']['beta']", "a number"),
-    (U1, "lattice.shape", [], "spec['lattice']['shape']", "non-empty list of positive integers"),
+    (U1, "lattice.shape", [], "spec['lattice']['shape']", "a list of positive integers (at least one"),
     (U1, "lattice.shape", [0, 4], "spec['lattice']['shape']", "positive integers"),
     (U1, "lattice.shape", [10**30, 4], "spec['lattice']['shape']", "2**63 - 1"),
     (U1, "lattice.shape", [4], "spec['lattice']['shape']", "2D theory"),
@@ -255,7 +255,7 @@ def test_bad_flags_are_argument_errors_before_anything_is_written(workdir, capsy
         ("seed=1180591620717411303424", "spec['seed']: expected an integer >= 0 and < 4611686018427387904"),
         ("n_chains=1e23", "spec['n_chains']: expected an integer >= 1, got 1e+23 (float)"),
         ("lattice.shape=[100000,100000]", "spec['lattice']['shape'] and spec['n_chains']: the run needs at least"),
-        ("lattice.shape=[]", "spec['lattice']['shape']: expected a non-empty list"),
+        ("lattice.shape=[]", "spec['lattice']['shape']: expected a list of positive integers (at least one"),
         ("n_trajectories=true", "spec['n_trajectories']: expected an integer >= 1, got True (bool)"),
     ],
 )
