@@ -449,6 +449,36 @@ def _spec_help() -> str:
         return "spec keys: " + ", ".join(SPEC_KEYS)
 
 
+#: Most torch threads per process that --threads accepts: four per CPU here (more only thrash).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+def _int_argument(minimum: int, maximum: int | None, what: str):
+    """An argparse ``type`` for an integer in ``[minimum, maximum]``: a bad value is an argument error
+    (exit status 2) naming the flag, the value and the range, before anything runs."""
+    allowed = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, {allowed}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {what}, {allowed}, got {value}")
+        return value
+
+    return parse
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError``, ``MemoryError`` or the CPU
+    allocator's ``RuntimeError`` ("can't allocate memory")."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
 def _job_parser(sub, name: str, help: str, description: str, *, spec_help: str, sampling: bool):
     p = sub.add_parser(
         name, help=help, description=description + "\n\n" + _spec_help(), formatter_class=argparse.RawDescriptionHelpFormatter
@@ -459,7 +489,7 @@ def _job_parser(sub, name: str, help: str, description: str, *, spec_help: str, 
     p.add_argument("--resume", action="store_true", help="continue the run in an existing run folder (same spec)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines (errors and the summary still show)")
     p.add_argument(
-        "--threads", type=int, default=1, metavar="N",
+        "--threads", type=_int_argument(0, MAX_THREADS, "0 (torch's default) or a number of threads"), default=1, metavar="N",
         help="CPU threads of torch per process (default 1: the batches are small, and extra threads stall on a busy "
         "machine; 0 = torch's default)",
     )
@@ -469,7 +499,10 @@ def _job_parser(sub, name: str, help: str, description: str, *, spec_help: str, 
     )
     if sampling:
         p.add_argument("--csv", action="store_true", help="also write the table as table.csv")
-        p.add_argument("--checkpoint-every", type=int, default=100, metavar="N", help="save the chains every N updates (default 100)")
+        p.add_argument(
+            "--checkpoint-every", type=_int_argument(1, None, "a number of updates"), default=100, metavar="N",
+            help="save the chains every N updates (default 100)",
+        )
     return p
 
 
@@ -559,6 +592,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one line, whatever the exception's text; an OSError (a full disk: ENOSPC) names its file
         message = " ".join(str(exc).split())
         print(f"lattice-flows: error: {message}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"lattice-flows: error: out of memory ({first[:200]}); reduce lattice.shape, n_chains, n_trajectories "
+            "or the flow's size (training.batch_size, n_layers, hidden); the last checkpoint, if any, is intact "
+            "(continue with --resume)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("lattice-flows: interrupted", file=sys.stderr)

@@ -3,19 +3,22 @@
 A component's spec parameters are the attrs fields it declares with these helpers. They
 check the type strictly (``"3.0"`` is not a number, ``True`` is not an integer) and raise
 :class:`~lattice_flows.errors.ParameterError` with the bad value and what was expected, so a spec
-mistake reads ``spec['action']['beta']: expected a number > 0, got -1.0``. The help text is
-what ``lattice-flows --help`` and the spec reference show.
+mistake reads ``spec['action']['beta']: expected a number > 0, got -1.0``. Numbers must be finite
+(NaN and +-inf are rejected) and integers fit 64 bits; a parameter with a physical upper bound states it
+(``le``/``lt``) and why in its help. The help text is what ``lattice-flows --help`` and the spec
+reference show.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import attrs
 
 from .errors import ParameterError
 
-__all__ = ["real", "integer", "choice", "flag", "widths", "odd_integer", "component", "injected"]
+__all__ = ["INT64_MAX", "real", "integer", "choice", "flag", "widths", "odd_integer", "component", "injected"]
 
 
 def _is_number(value: Any) -> bool:
@@ -27,7 +30,11 @@ def _float_if_number(value: Any) -> Any:
     return float(value) if _is_number(value) else value
 
 
-def _bounds_text(gt, ge, lt=None) -> str:
+#: The largest integer a spec may give (a signed 64-bit integer: what torch, numpy and TOML hold).
+INT64_MAX = 2**63 - 1
+
+
+def _bounds_text(gt, ge, lt=None, le=None) -> str:
     parts = []
     if gt is not None:
         parts.append(f"> {gt}")
@@ -35,40 +42,66 @@ def _bounds_text(gt, ge, lt=None) -> str:
         parts.append(f">= {ge}")
     if lt is not None:
         parts.append(f"< {lt}")
+    if le is not None:
+        parts.append(f"<= {le}")
     return (" " + " and ".join(parts)) if parts else ""
 
 
-def _check_number(kind: str, gt, ge, is_ok, lt=None):
+def _check_number(kind: str, gt, ge, is_ok, lt=None, le=None, *, finite: bool = False, limit=None):
+    """The validator of a number: type, then the bounds; NaN always fails, and so do +-inf with
+    ``finite``; ``limit`` is an upper bound on the magnitude that every such parameter shares
+    (not shown in the reference, only in the message when it is exceeded)."""
+
     def check(instance, attribute, value):
-        expected = f"{kind}{_bounds_text(gt, ge, lt)}"
+        expected = f"{kind}{_bounds_text(gt, ge, lt, le)}"
         if not is_ok(value):
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+        if finite and math.isinf(value):  # (NaN fails below, as "expected a number ..., got nan")
+            raise ParameterError(attribute.name, f"expected a finite number{_bounds_text(gt, ge, lt, le)}, got {value!r}")
         too_small = (gt is not None and not value > gt) or (ge is not None and not value >= ge)
-        if too_small or (lt is not None and not value < lt) or value != value:
+        too_large = (lt is not None and not value < lt) or (le is not None and not value <= le)
+        if too_small or too_large or value != value:
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r}")
+        if limit is not None and abs(value) > limit:
+            raise ParameterError(attribute.name, f"expected {expected} and at most {limit} (2**63 - 1) in size, got {value!r}")
 
     return check
 
 
 def real(
-    *, help: str, default: Any = attrs.NOTHING, gt: float | None = None, ge: float | None = None, lt: float | None = None
+    *,
+    help: str,
+    default: Any = attrs.NOTHING,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    finite: bool = True,
 ):
-    """A real-number parameter (ints are accepted and converted to float); NaN is rejected."""
+    """A real-number parameter (ints are accepted and converted to float).
+
+    NaN is always rejected; so are ``inf`` and ``-inf`` unless ``finite=False`` (no parameter needs them
+    today: a value that means "no limit" is spelled 0 in its help). ``gt``, ``ge``, ``lt``, ``le``:
+    bounds; give an upper bound where a larger value cannot work, and say why in ``help``.
+    """
     return attrs.field(
         default=default,
         converter=_float_if_number,
-        validator=_check_number("a number", gt, ge, lambda v: isinstance(v, float), lt),
+        validator=_check_number("a number", gt, ge, lambda v: isinstance(v, float), lt, le, finite=finite),
         metadata={"help": help, "type": "number"},
     )
 
 
-def integer(*, help: str, default: Any = attrs.NOTHING, ge: int | None = None):
-    """An integer parameter (floats and bools are rejected)."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(*, help: str, default: Any = attrs.NOTHING, ge: int | None = None, lt: int | None = None, le: int | None = None):
+    """An integer parameter (floats and bools are rejected); at most ``2**63 - 1`` in size (it must fit
+    torch's and numpy's int64), below ``lt`` / at most ``le`` where given."""
     return attrs.field(
         default=default,
-        validator=_check_number(
-            "an integer", None, ge, lambda v: isinstance(v, int) and not isinstance(v, bool)
-        ),
+        validator=_check_number("an integer", None, ge, _is_int, lt, le, limit=INT64_MAX),
         metadata={"help": help, "type": "integer"},
     )
 
@@ -123,7 +156,7 @@ def widths(*, help: str, default: Any = attrs.NOTHING):
     """
 
     def check(instance, attribute, value):
-        ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ok = isinstance(value, tuple) and all(_is_int(v) and 1 <= v <= INT64_MAX for v in value)
         if not ok:
             shown = list(value) if isinstance(value, tuple) else value
             raise ParameterError(attribute.name, f"expected a list of positive integers, got {shown!r}")
@@ -137,7 +170,7 @@ def odd_integer(*, help: str, default: Any = attrs.NOTHING):
     """A positive odd integer, such as a convolution's kernel size (odd keeps the output centred)."""
 
     def check(instance, attribute, value):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 != 1:
+        if not _is_int(value) or not 1 <= value <= INT64_MAX or value % 2 != 1:
             raise ParameterError(attribute.name, f"expected an odd integer >= 1, got {value!r}")
 
     return attrs.field(default=default, validator=check, metadata={"help": help, "type": "odd integer"})

@@ -112,7 +112,7 @@ def _bounds(field: attrs.Attribute) -> str:
     if not inspect.isfunction(validator) or validator.__module__ != params.__name__:
         return ""  # not a number declared with lattice_flows.params: its help text states any bounds
     bound = inspect.getclosurevars(validator).nonlocals
-    parts = [f"{op} {_number(bound[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<")) if bound.get(key) is not None]
+    parts = [f"{op} {_number(bound[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if bound.get(key) is not None]
     return " and ".join(parts)
 
 

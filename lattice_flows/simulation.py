@@ -22,7 +22,7 @@ from . import analysis, distributed
 from .base import Action, Flow, Observable, Sampler
 from .checkpoint import CheckpointError, checkpoint_digest, encode_checkpoint, load_checkpoint, save_atomic, write_atomic
 from .errors import LatticeFlowsError, SpecError
-from .params import choice, integer
+from .params import INT64_MAX, choice, integer
 from .progress import progress_bar
 from .registry import OBSERVABLES
 from .training import TrainingError, TrainingSettings, check_flow_health, sample_flow, train_flow
@@ -68,7 +68,14 @@ class RunSettings:
     n_chains: int = integer(help="number of Markov chains advanced together as one batch", default=16, ge=1)
     n_thermalization: int = integer(help="updates per chain discarded before measuring", default=100, ge=0)
     n_trajectories: int = integer(help="measured updates per chain (rows per chain in the table)", default=1000, ge=1)
-    seed: int = integer(help="seed of the run's random generator; same spec and seed give the same table", default=0, ge=0)
+    seed: int = integer(
+        help="seed of the run's random generator; same spec and seed give the same table (below 2^62, so that "
+        "the offsets of training (2^40), of the flow's initial weights (2^41) and of the ranks (2^32 each) "
+        "keep it within torch's 64-bit seeds)",
+        default=0,
+        ge=0,
+        lt=2**62,
+    )
     device: str = attrs.field(
         default="cpu",
         validator=_check_device,
@@ -83,6 +90,91 @@ def _report_tuning(original: Sampler, tuned: Sampler) -> None:
     message = tuned.tuning_report(original)
     if message and distributed.is_main():
         log.warning("%s", message)
+
+
+def _settings_device(settings: RunSettings) -> torch.device:
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(settings.device)
+
+
+def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action: Action) -> None:
+    """A :class:`SpecError` naming ``lattice.shape``, ``n_chains`` and ``n_trajectories`` if the run cannot
+    fit in the memory of its device (:mod:`lattice_flows.resources`), raised before anything of that size exists."""
+    from . import resources
+
+    settings = build_from_params(
+        RunSettings, {k: spec[k] for k in _SETTINGS_KEYS if k in spec}, what="the run", path="spec", context={}
+    )
+    training = spec.get("training") if isinstance(spec.get("training"), Mapping) else {}
+    observables = spec.get("observables")
+    n_local = -(-settings.n_chains // distributed.world_size())  # the chains of one process
+    parts = resources.estimate(
+        action.field_shape(lattice_shape),
+        n_chains=n_local,
+        n_trajectories=settings.n_trajectories,
+        n_columns=len(observables) if isinstance(observables, (list, tuple)) else 4,
+        itemsize=DTYPES[settings.dtype].itemsize,
+        flow=spec.get("flow") if spec.get("flow") is not None else None,
+        batch_size=training.get("batch_size") if isinstance(training.get("batch_size"), int) else None,
+    )
+    device = _settings_device(settings)
+    free, source = resources.available(device)
+    if free is None or parts.total <= free:
+        return
+    keys = {
+        "fields": "spec['lattice']['shape'] and spec['n_chains']",
+        "records": "spec['n_trajectories'] and spec['n_chains']",
+        "flow": "spec['lattice']['shape'], spec['n_chains'] or spec['training']['batch_size'], and spec['flow'] (n_layers, hidden)",
+    }
+    largest = max(parts, key=parts.get)
+    shown = ", ".join(f"{name} {resources.format_bytes(n)}" for name, n in parts.items())
+    raise SpecError(
+        f"{keys[largest]}: the run needs at least {resources.format_bytes(parts.total)} ({shown}; lattice "
+        f"{list(lattice_shape)}, {n_local} chains, {settings.n_trajectories} trajectories, {settings.dtype}) but only "
+        f"{resources.format_bytes(free)} is available ({source}); reduce lattice.shape, n_chains or n_trajectories"
+        + (" (or the flow's n_layers, hidden, training.batch_size)" if "flow" in parts else "")
+    )
+
+
+_ALLOCATION_FAILURES = (
+    "can't allocate memory", "out of memory", "storage size calculation overflowed", "overflow when unpacking",
+    "int too big", "unable to allocate",
+)
+
+
+def _build_flow_within_memory(build: Callable[[], Flow], section: Any) -> Flow:
+    """``build()``, with an allocation failure (sizes such as ``n_bins`` or ``kernel_size`` whose weights cannot
+    exist: ``MemoryError``, the allocator's ``RuntimeError``, a size beyond 64 bits) as a :class:`SpecError`."""
+    try:
+        return build()
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
+        text = str(exc).strip()
+        if not (isinstance(exc, MemoryError) or any(s in text.lower() for s in _ALLOCATION_FAILURES)):
+            raise
+        sizes = [k for k, v in section.items() if isinstance(v, (int, list)) and not isinstance(v, bool)] if isinstance(section, Mapping) else []
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise SpecError(
+            f"spec['flow']: the flow's weights cannot be allocated ({first}); reduce its sizes"
+            + (f" ({', '.join(sizes)})" if sizes else "")
+        ) from None
+
+
+def _check_action_finite(sim: "Simulation") -> None:
+    """A :class:`SpecError` naming ``spec['action']`` if the action or its force of a field drawn from the
+    prior is not finite in the run's dtype (couplings too large for it, e.g. a float32 overflow)."""
+    generator = torch.Generator(device=sim.device).manual_seed(0)
+    x = sim.action.sample_prior(1, sim.lattice_shape, generator=generator, dtype=sim.dtype, device=sim.device)
+    s = sim.action(x)
+    bad = "action" if not bool(torch.isfinite(s).all()) else None
+    if bad is None and not bool(torch.isfinite(sim.action.force(x)).all()):
+        bad = "force"
+    if bad is not None:
+        params = ", ".join(f"{k} = {v!r}" for k, v in sim.action.to_spec().items())
+        raise SpecError(
+            f"spec['action']: the {bad} of a field drawn from the prior is not finite in {sim.settings.dtype} "
+            f"({params} on {list(sim.lattice_shape)}, S = {float(s[0])!r}); the couplings are too large for this dtype"
+        )
 
 
 def _to_cpu(value: Any) -> Any:
@@ -180,9 +272,12 @@ class Simulation:
         if not (
             isinstance(shape, (list, tuple))
             and shape
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+            and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= INT64_MAX for n in shape)
         ):
-            raise SpecError(f"spec['lattice']['shape']: expected a list of positive integers such as [16, 16], got {shape!r}")
+            raise SpecError(
+                f"spec['lattice']['shape']: expected a list of positive integers (at least one, each at most 2**63 - 1) "
+                f"such as [16, 16], got {shape!r}"
+            )
         lattice_shape = tuple(shape)
 
         context: dict[str, Any] = {"lattice_shape": lattice_shape}
@@ -192,6 +287,7 @@ class Simulation:
         except ValueError as exc:
             raise SpecError(f"spec['lattice']['shape']: {exc}") from None
         context["action"] = action
+        _check_fits(spec, lattice_shape, action)  # before any flow or field of that size is built
 
         flow = None
         if spec.get("flow") is not None:
@@ -200,7 +296,7 @@ class Simulation:
             seed = spec.get("seed", 0) if isinstance(spec.get("seed", 0), int) else 0
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed((seed + FLOW_INIT_SEED_OFFSET) % 2**63)
-                flow = cls._build_flow(spec["flow"], action, context)
+                flow = _build_flow_within_memory(lambda: cls._build_flow(spec["flow"], action, context), spec["flow"])
             context["flow"] = flow
         training = None
         if spec.get("training") is not None:
@@ -233,6 +329,7 @@ class Simulation:
         )
         if flow is not None:
             flow.to(device=sim.device, dtype=sim.dtype)
+        _check_action_finite(sim)
         return sim
 
     @staticmethod

@@ -66,7 +66,13 @@ class TrainingSettings:
 
     n_steps: int = integer(help="total optimizer steps (a resumed run continues up to this count)", default=1000, ge=1)
     batch_size: int = integer(help="configurations drawn per step", default=64, ge=1)
-    lr: float = real(help="Adam learning rate (peak value with a schedule)", default=1e-3, gt=0.0)
+    lr: float = real(
+        help="Adam learning rate (peak value with a schedule); at most 1: Adam moves every weight by about lr "
+        "per step, and the flows' weights are of order 1, so a larger lr throws them away at the first step",
+        default=1e-3,
+        gt=0.0,
+        le=1.0,
+    )
     schedule: str = choice(
         ("constant", "cosine"),
         help="learning-rate schedule; 'cosine' decays to 0 over n_steps or max_seconds, whichever ends first",

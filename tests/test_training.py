@@ -122,7 +122,7 @@ def test_training_needs_a_flow():
 def test_training_spec_mistakes(toy_plugins):
     with pytest.raises(SpecError, match=r"spec\['training'\]: unknown parameter 'steps' for training; accepted: n_steps"):
         Simulation.from_spec(gaussian_spec(training={"steps": 3}))
-    with pytest.raises(SpecError, match=r"spec\['training'\]\['lr'\]: expected a number > 0.0, got -1.0"):
+    with pytest.raises(SpecError, match=r"spec\['training'\]\['lr'\]: expected a number > 0.0 and <= 1.0, got -1.0"):
         Simulation.from_spec(gaussian_spec(training={"lr": -1.0}))
     with pytest.raises(SpecError, match=r"spec\['flow'\]: flow 'affine' transforms gaussian fields, but the action is a u1"):
         Simulation.from_spec(gaussian_spec(action={"name": "u1_wilson", "beta": 1.0}, lattice={"shape": [4, 4]}))

@@ -46,7 +46,9 @@ STANDARD = ("m2", "lam0")
 
 
 def optional_real(*, help: str, ge: float | None = None):
-    """A real-number parameter that may be left out (``None``); ints are accepted and converted."""
+    """A real-number parameter that may be left out (``None``); ints are accepted and converted; NaN and
+    +-inf are rejected (how large a finite one may be depends on the lattice and dtype: the simulation
+    checks that the action of a starting field is finite)."""
 
     def check(instance, attribute, value):
         if value is None:
@@ -54,7 +56,9 @@ def optional_real(*, help: str, ge: float | None = None):
         expected = "a number" + (f" >= {ge}" if ge is not None else "")
         if not isinstance(value, float):
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r} ({type(value).__name__})")
-        if value != value or (ge is not None and not value >= ge):
+        if not math.isfinite(value):
+            raise ParameterError(attribute.name, f"expected a finite number{expected[len('a number'):]}, got {value!r}")
+        if ge is not None and not value >= ge:
             raise ParameterError(attribute.name, f"expected {expected}, got {value!r}")
 
     def convert(value):

@@ -29,7 +29,18 @@ class U1Wilson(Action):
     dimensions: ClassVar[tuple[int, ...]] = (2,)
     example_params: ClassVar[dict] = {"beta": 2.0}
 
-    beta: float = real(help="inverse gauge coupling beta (> 0)", gt=0.0)
+    #: Largest beta accepted: the exact finite-volume values that every summary compares with (the
+    #: character sums of :mod:`lattice_flows_u1.exact`) grow about tenfold in cost per decade of beta
+    #: (``benchmarks/u1_exact_cost.py`` on 8x8, a busy 2-core machine: medians 1.2 s at 1e2, 6.7 s at 1e3,
+    #: 18-23 s at 1e4, 199 s at 1e5), and their sums never end near 1e308.
+    BETA_MAX: ClassVar[float] = 1e4
+
+    beta: float = real(
+        help="inverse gauge coupling beta (0 < beta <= 1e4: the exact values that the summary compares with "
+        "cost about ten times more per decade of beta, 20 s at 1e4 and minutes beyond; benchmarks/u1_exact_cost.py)",
+        gt=0.0,
+        le=BETA_MAX,
+    )
 
     def field_shape(self, lattice_shape: Sequence[int]) -> tuple[int, ...]:
         if len(lattice_shape) != 2:

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from lattice_flows import Flow
+from lattice_flows.errors import ParameterError
 from lattice_flows.params import integer, real
 
 from ..geometry import plaquette_angles, shift
@@ -209,17 +210,37 @@ class PlaquettePoissonFlow(Flow):
     class Config:
         """Spec parameters of ``u1_plaquette_poisson``."""
 
-        n_bins: int = integer(help="bins of the rational-quadratic spline shared by every plaquette", default=128, ge=2)
+        n_bins: int = integer(
+            help="bins of the rational-quadratic spline shared by every plaquette (at most 2^20: the initial spline "
+            "is built on a grid of 2^20 intervals, finer bins would have no width)",
+            default=128, ge=2, le=2**20,
+        )
         von_mises_beta: float = real(
             help="start as the map from uniform plaquettes to exp(beta cos x_P) (exact in infinite volume); "
-            "0 starts as the identity",
-            default=0.0, ge=0.0,
+            "0 starts as the identity; at most 1e4 (u1_wilson's largest beta), and small enough that the outer bins of "
+            "the initial spline stay resolved in float64 (about 15 with 128 bins and latent_beta 0: checked)",
+            default=0.0, ge=0.0, le=1e4,
         )
         latent_beta: float = real(
             help="with von_mises_beta: start as the map from exp(latent_beta cos u) to exp(von_mises_beta cos x_P) "
-            "instead of from uniform plaquettes (a larger value makes the latent force softer and topology slower)",
-            default=0.0, ge=0.0,
+            "instead of from uniform plaquettes (a larger value makes the latent force softer and topology slower); "
+            "at most 1e4",
+            default=0.0, ge=0.0, le=1e4,
         )
+
+        def __attrs_post_init__(self):
+            # a large von_mises_beta squeezes the outer bins of the initial spline below float64's
+            # resolution (a width of exactly 0: log 0 = -inf weights, NaN fields); the limit depends on
+            # n_bins and latent_beta (about 15 with the defaults), so it is checked on the spline itself
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                widths, _, slopes = von_mises_spline_logits(self.von_mises_beta, self.n_bins, self.latent_beta)
+            if not (np.isfinite(widths).all() and np.isfinite(slopes).all()):
+                raise ParameterError(
+                    "von_mises_beta",
+                    f"the initial spline from latent_beta = {self.latent_beta:g} to von_mises_beta = "
+                    f"{self.von_mises_beta:g} with n_bins = {self.n_bins} has bins narrower than float64 resolves "
+                    "(non-finite weights); use a smaller von_mises_beta, a latent_beta closer to it, or fewer bins",
+                )
 
     def __init__(self, config: Config, lattice_shape: Sequence[int]):
         self.check_lattice(lattice_shape)
