@@ -275,8 +275,28 @@ def _option(words: list[str], name: str, n: int = 1) -> list[str] | None:
     return words[words.index(name) + 1 : words.index(name) + 1 + n] if name in words else None
 
 
-def _exact_values(action: str, beta: float, shape: tuple[int, int]) -> tuple[dict[str, float], dict[int, float]]:
+def _sets(words: list[str]) -> dict[str, float]:
+    """The ``--set PARAM=VALUE`` options of a command, as numbers."""
+    return {w.split("=")[0]: float(w.split("=")[1]) for k, w in zip(words, words[1:]) if k == "--set"}
+
+
+def _exact_values(
+    action: str, beta: float | None, shape: tuple[int, int], params: dict[str, float]
+) -> tuple[dict[str, float], dict[int, float]]:
     """The exact values and distribution ``lattice-flows exact`` must print, from the theory's exact module."""
+    if action == "phi4":
+        from lattice_flows_phi4 import exact
+        from lattice_flows_phi4.action import Phi4
+
+        free = Phi4(**params)
+        assert free.lam == 0, "tests/test_docs.py knows phi4's exact values only for the free theory (lam = 0)"
+        values = {
+            "magnetization": 0.0,
+            "abs_magnetization": exact.abs_magnetization(free, shape),
+            "susceptibility": exact.susceptibility(free, shape),
+            "phi_squared": exact.phi_squared(free, shape),
+        }
+        return values, {}
     if action == "u1_wilson":
         from lattice_flows_u1 import exact
 
@@ -303,9 +323,9 @@ def test_exact_commands_print_the_exact_values(where, words, doc, capsys):
     assert main(words) == 0, where
     out = capsys.readouterr().out
     action = (_option(words, "--action") or ["u1_wilson"])[0]
-    beta = float(_option(words, "--beta")[0])
+    beta = float(_option(words, "--beta")[0]) if "--beta" in words else None
     shape = tuple(int(n) for n in _option(words, "--shape", 2))
-    values, distribution = _exact_values(action, beta, shape)
+    values, distribution = _exact_values(action, beta, shape, _sets(words))
     printed = dict(line[1:].split("> = ") for line in out.splitlines() if line.startswith("<"))
     assert set(printed) == set(values), f"{where}: printed {sorted(printed)}, expected {sorted(values)}"
     for name, value in values.items():
