@@ -95,3 +95,10 @@ def _seed_everything():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A temporary folder made the working directory (the CLI writes ``runs/`` there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -17,47 +17,16 @@ from lattice_flows import Simulation
 from lattice_flows.cli import main
 from lattice_flows_u1 import exact
 
-SPEC_TOML = """
-n_chains = 3
-n_thermalization = 10
-n_trajectories = {n}
-seed = 4
+from run_specs import flow_spec, small_hmc_toml
 
-[lattice]
-shape = [4, 4]
-
-[action]
-name = "u1_wilson"
-beta = 1.5
-
-[sampler]
-name = "hmc"
-target_acceptance = 0.8
-integrator = {{ name = "leapfrog", step_size = 0.2, n_steps = 5 }}
-"""
-
-FLOW_SPEC = {
-    "lattice": {"shape": [4, 4]},
-    "action": {"name": "u1_wilson", "beta": 1.0},
-    "flow": {"name": "u1_stout", "n_layers": 2, "hidden": [4]},
-    "training": {"n_steps": 6, "batch_size": 8, "lr": 0.01},
-    "sampler": {"name": "fthmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 4}},
-    "observables": ["plaquette", "topological_charge"],
-    "n_chains": 2,
-    "n_thermalization": 3,
-    "n_trajectories": 12,
-}
+FLOW_SPEC = flow_spec()
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _spec_file(folder: Path, n: int = 40) -> Path:
     path = folder / "small.toml"
-    path.write_text(SPEC_TOML.format(n=n))
+    path.write_text(small_hmc_toml(n=n, tuned=True))
     return path
 
 
@@ -224,7 +193,7 @@ def test_help_of_every_command_explains_the_spec_keys():
     [
         (None, ["run", "missing.toml"], "cannot read the spec file"),
         (("bad.toml", "n_chains = [1,"), ["run", "bad.toml"], "malformed TOML"),
-        (("s.toml", "what = 1\n" + SPEC_TOML.format(n=5)), ["run", "s.toml"], "unknown key 'what'"),
+        (("s.toml", "what = 1\n" + small_hmc_toml(n=5, tuned=True)), ["run", "s.toml"], "unknown key 'what'"),
         (None, ["run", "--set", "sampler.name=hmcc"], "hmcc"),
         (None, ["run", "--set", "action.beta=hot"], "spec['action']['beta']"),
         (None, ["run", "--set", "n_chains=1.5"], "n_chains"),

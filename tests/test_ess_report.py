@@ -16,6 +16,10 @@ import torch
 from lattice_flows import Simulation
 from lattice_flows.cli import main
 
+from run_specs import flow_spec
+
+FLOW_SPEC = flow_spec(training={"n_steps": 60, "batch_size": 8, "lr": 0.01}, seed=2)
+
 
 # imported when used, so that each test fails on its own on a lattice-flows without them
 def smoothed_history(*args, **kwargs):
@@ -29,18 +33,6 @@ def ess_text(ess):
 
     return ess_text(ess)
 
-FLOW_SPEC = {
-    "lattice": {"shape": [4, 4]},
-    "action": {"name": "u1_wilson", "beta": 1.0},
-    "flow": {"name": "u1_stout", "n_layers": 2, "hidden": [4]},
-    "training": {"n_steps": 60, "batch_size": 8, "lr": 0.01},
-    "sampler": {"name": "fthmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 4}},
-    "observables": ["plaquette", "topological_charge"],
-    "n_chains": 2,
-    "n_thermalization": 3,
-    "n_trajectories": 12,
-    "seed": 2,
-}
 
 TRAINING_LINE = re.compile(r"training: 60 steps, \d+ s; loss (\S+), ESS (\S+) \(mean of the last (\d+) steps\)")
 FLOW_LINE = re.compile(

@@ -134,12 +134,6 @@ def test_check_flow_health_returns_the_report_or_raises():
 # -- the command line ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _last_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "Traceback" not in "\n".join(err)

@@ -20,46 +20,16 @@ from lattice_flows.checkpoint import write_atomic
 from lattice_flows.cli import main
 from lattice_flows.rundir import RunFolder, RunFolderError
 
-SPEC_TOML = """
-n_chains = 3
-n_thermalization = 10
-n_trajectories = {n}
-seed = 4
+from run_specs import flow_spec, small_hmc_toml
 
-[lattice]
-shape = [4, 4]
-
-[action]
-name = "u1_wilson"
-beta = {beta}
-
-[sampler]
-name = "hmc"
-integrator = {{ name = "leapfrog", step_size = 0.2, n_steps = 5 }}
-"""
-
-FLOW_SPEC = {
-    "lattice": {"shape": [4, 4]},
-    "action": {"name": "u1_wilson", "beta": 1.0},
-    "flow": {"name": "u1_stout", "n_layers": 2, "hidden": [4]},
-    "training": {"n_steps": 4, "batch_size": 8, "lr": 0.01},
-    "sampler": {"name": "fthmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 4}},
-    "observables": ["plaquette", "topological_charge"],
-    "n_chains": 2,
-    "n_thermalization": 3,
-    "n_trajectories": 12,
-}
+FLOW_SPEC = flow_spec(training={"n_steps": 4, "batch_size": 8, "lr": 0.01})
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _spec_file(folder: Path, n: int = 40, beta: float = 1.5, name: str = "small.toml") -> Path:
     path = folder / name
-    path.write_text(SPEC_TOML.format(n=n, beta=beta))
+    path.write_text(small_hmc_toml(n=n, beta=beta))
     return path
 
 

@@ -17,25 +17,10 @@ import pytest
 from lattice_flows import Simulation
 from lattice_flows.cli import main
 
+from run_specs import small_hmc_toml
+
 WORKER = Path(__file__).resolve().parent / "workers" / "slow_update.py"
 
-SPEC_TOML = """
-n_chains = 3
-n_thermalization = 10
-n_trajectories = 40
-seed = 4
-
-[lattice]
-shape = [4, 4]
-
-[action]
-name = "u1_wilson"
-beta = 1.5
-
-[sampler]
-name = "hmc"
-integrator = {{ name = "leapfrog", step_size = 0.2, n_steps = {n_steps} }}
-"""
 
 
 def _launch(command, cwd, **env):
@@ -77,7 +62,7 @@ def _two_signals(process, first, second) -> tuple[int, str, float]:
 )
 def test_a_second_signal_ends_a_long_update_at_once(tmp_path, first, second):
     spec = tmp_path / "long.toml"
-    spec.write_text(SPEC_TOML.format(n_steps=10**7))  # one trajectory takes far longer than the test
+    spec.write_text(small_hmc_toml(n_steps=10**7))  # one trajectory takes far longer than the test
     process = _launch([sys.executable, "-m", "lattice_flows", "run", str(spec), "--out", "long", "--threads", "1"], tmp_path)
     _wait_for(tmp_path / "long" / "spec.json", process)
     time.sleep(1.0)  # into the first update
@@ -90,7 +75,7 @@ def test_a_second_signal_ends_a_long_update_at_once(tmp_path, first, second):
 
 def test_the_folder_resumes_after_two_sigterms_to_the_uninterrupted_table(tmp_path, monkeypatch, capsys):
     spec = tmp_path / "small.toml"
-    spec.write_text(SPEC_TOML.format(n_steps=5))
+    spec.write_text(small_hmc_toml(n_steps=5))
     # checkpoints after updates 5, 10, 15 (segment 0: rows 0-5), 20 (segment 1); the 13th measured update (update 23) never ends
     process = _launch(
         [sys.executable, str(WORKER), "run", str(spec), "--out", "cut", "--quiet", "--checkpoint-every", "5"], tmp_path,

@@ -222,12 +222,6 @@ def test_available_reads_meminfo_on_the_cpu():
 # -- the command line: argument errors, no run folder ------------------------------------------------
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 @pytest.mark.parametrize(
     "args, expected",
     [
