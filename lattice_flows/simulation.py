@@ -680,6 +680,8 @@ class Simulation:
         broken flow is refused before the first update (:meth:`check_flow`).
         """
         self.check_flow()
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise ValueError(f"run(checkpoint_every=...): expected an integer >= 1 (updates between saves), got {checkpoint_every!r}")
         n_therm, n_traj = self.settings.n_thermalization, self.settings.n_trajectories
         total = n_therm + n_traj
         chains = self.local_chains()

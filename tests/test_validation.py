@@ -303,3 +303,16 @@ def test_the_exact_cost_benchmark_runs(capsys):
     module.main(["--betas", "1", "2", "--shape", "4", "--repeats", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["beta", "median", "s", "ratio"] and len(lines) == 3
+
+
+@pytest.mark.parametrize("every", [0, -5, 2.5, True, "100"])
+def test_run_refuses_a_bad_checkpoint_interval_before_the_first_update(tmp_path, every):
+    """The Python API checks what the CLI's --checkpoint-every checks (0 divided by zero before)."""
+    sim = Simulation.from_spec(
+        {"lattice": {"shape": [4, 4]}, "action": {"name": "u1_wilson", "beta": 1.0},
+         "sampler": {"name": "hmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 2}},
+         "n_chains": 2, "n_thermalization": 1, "n_trajectories": 2}
+    )
+    with pytest.raises(ValueError, match=r"checkpoint_every.*expected an integer >= 1"):
+        sim.run(checkpoint=tmp_path / "chains.pt", checkpoint_every=every)
+    assert not (tmp_path / "chains.pt").exists()
