@@ -1,12 +1,17 @@
-"""Small jobs that the command-line tests share: a 4x4 HMC spec file and a 4x4 stout-flow spec.
+"""Small jobs that the command-line tests share: a 4x4 HMC spec file and a 4x4 stout-flow spec, and
+how the tests start a job as its own process and wait for its files.
 
-Each takes seconds; the tests change what they are about (``n_trajectories``, ``beta``, the number of
-integration steps, training) and keep the rest.
+Each job takes seconds; the tests change what they are about (``n_trajectories``, ``beta``, the number
+of integration steps, training) and keep the rest.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -49,3 +54,20 @@ _FLOW_SPEC: dict[str, Any] = {
 def flow_spec(**changes: Any) -> dict[str, Any]:
     """A spec dict: a 2-layer stout flow on 4x4 trained for 6 steps, then FTHMC; top-level keys replaced by ``changes``."""
     return {**copy.deepcopy(_FLOW_SPEC), **changes}
+
+
+def launch(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """``command`` as a process of its own in ``cwd`` (one torch thread, ``env`` added), its output piped."""
+    return subprocess.Popen(
+        command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until ``path`` exists; fail if ``process`` ends first or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < end, f"{path} did not appear"
+        time.sleep(0.05)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from lattice_flows import Simulation
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchmark_scripts import load_benchmark
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_compare_samplers_runs_on_a_tiny_flow(tmp_path, monkeypatch, capsys):
@@ -37,7 +29,7 @@ def test_compare_samplers_runs_on_a_tiny_flow(tmp_path, monkeypatch, capsys):
             "--thermalization", "3", "--trajectories", "6", "--hmc-trajectories", "6", "--hmc-thermalization", "3",
             "--dtype", "float64", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    _script("compare_samplers").main()
+    load_benchmark("compare_samplers").main()
     text = capsys.readouterr().out
     assert "beta = 1.0, 4x4" in text and "cost per independent Q" in text
     table = pd.read_csv(out / "comparison.csv")
@@ -52,12 +44,12 @@ def test_poisson_start_runs_every_command(tmp_path, monkeypatch, capsys):
     for command in (["scan", "--shape", "4", "--latent-betas", "0", "1"], ["residue", "--n-bins", "8"],
                     ["ess", "--shapes", "4", "--batches", "1"], ["save", str(tmp_path / "start.pt")]):
         monkeypatch.setattr(sys, "argv", common + command)
-        _script("poisson_start").main()
+        load_benchmark("poisson_start").main()
     out = capsys.readouterr().out
     assert "latent_beta acceptance" in out and "ESS" in out and "saved the untrained flow" in out
     # an untrained checkpoint (no training history) goes through the comparison
     argv = ["compare_samplers.py", str(tmp_path / "start.pt"), "--shapes", "4", "--samplers", "fthmc", "--chains", "2",
             "--thermalization", "2", "--trajectories", "4", "--dtype", "float64", "--out", str(tmp_path / "out")]
     monkeypatch.setattr(sys, "argv", argv)
-    _script("compare_samplers").main()
+    load_benchmark("compare_samplers").main()
     assert "trained on [8, 8] at beta = 2.0: 0 steps, 0 s" in capsys.readouterr().out

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,7 @@ from lattice_flows import Simulation
 from lattice_flows.cli import main
 from lattice_flows_u1 import exact
 
-from run_specs import flow_spec, small_hmc_toml
+from run_specs import flow_spec, launch, small_hmc_toml, wait_for
 
 FLOW_SPEC = flow_spec()
 
@@ -77,18 +76,7 @@ def test_an_existing_run_folder_is_refused_unless_resumed(workdir, capsys):
 
 
 def _launch(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lattice_flows", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _wait_for(path: Path, process, timeout=120.0):
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < end, f"{path} did not appear"
-        time.sleep(0.05)
+    return launch([sys.executable, "-m", "lattice_flows", *args], cwd)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill"])
@@ -96,7 +84,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_table(workdir, how):
     spec = _spec_file(workdir, n=3000)
     reference = _launch(["run", str(spec), "--quiet", "--out", "reference"], workdir)
     interrupted = _launch(["run", str(spec), "--quiet", "--out", "cut", "--checkpoint-every", "50"], workdir)
-    _wait_for(workdir / "cut" / "chains.pt", interrupted)
+    wait_for(workdir / "cut" / "chains.pt", interrupted)
     if how == "ctrl-c":
         interrupted.send_signal(signal.SIGINT)
         out, err = interrupted.communicate(timeout=120)

@@ -18,6 +18,8 @@ from lattice_flows_u1.flows.circle_maps import NCP, CircularSpline, rational_qua
 from lattice_flows_u1.flows.poisson import PlaquettePoissonFlow, SharedCircleSpline
 from lattice_flows_u1.geometry import wrap
 
+from benchmark_scripts import load_benchmark
+
 DTYPES = [torch.float64, torch.float32]
 SCALES = [3, 5, 7, 10]
 #: The bound the issue quotes for the stable root, in eps of the dtype.
@@ -55,22 +57,9 @@ def test_root_near_the_right_knot_is_accurate(scale, dtype):
 def test_spline_round_trip_is_accurate(scale, dtype):
     """``x -> h(x) -> h^{-1}``: ``|x' - x| h'(x) / eps`` and ``|h(h^{-1}(y)) - y| / eps`` within the bound
     (the first includes the forward map's own round-off of ``y``)."""
-    spline = CircularSpline(n_bins=8)
-    g = torch.Generator().manual_seed(100 + scale)
-    n = 20000
-    params = (scale * torch.randn(spline.n_params, n, generator=g, dtype=torch.float64)).to(dtype)
-    params[-1] = 0.0  # no shift: a shift t ~ 10 would round y at |t| eps, which is no error of the inverse
-    x = ((2 * torch.rand(n, generator=g, dtype=torch.float64) - 1) * math.pi).to(dtype)
-    y, logd = spline.forward(x, params)
-    back, _ = spline.inverse(y, params)
-    again, _ = spline.forward(back, params)
-    eps = torch.finfo(dtype).eps
-
-    def circular(a, b):
-        return (torch.remainder(a.double() - b.double() + math.pi, 2 * math.pi) - math.pi).abs()
-
-    x_error = float((circular(back, x) * torch.exp(logd.double()) / eps).max())
-    y_error = float((circular(again, y) / eps).max())
+    # the benchmark's measurement (benchmarks/rq_root_accuracy.py), on its own 20000 points per case;
+    # it leaves the spline's shift at 0: a shift t ~ 10 would round y at |t| eps, no error of the inverse
+    x_error, y_error, _ = load_benchmark("rq_root_accuracy").round_trip(scale, 20000, 100 + scale, dtype)
     assert x_error <= BOUND and y_error <= BOUND, (x_error, y_error)
 
 
@@ -177,13 +166,7 @@ def test_poisson_flow_and_its_spline_stay_in_range(von_mises_beta, dtype):
 
 def test_the_accuracy_benchmark_runs(capsys):
     """``benchmarks/rq_root_accuracy.py`` (the figures quoted for item 7) runs end to end on a small sample."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "rq_root_accuracy.py"
-    spec = importlib.util.spec_from_file_location("rq_root_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("rq_root_accuracy")
     module.main(["--n", "500"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 2 * len(module.SCALES)
@@ -194,13 +177,7 @@ def test_the_accuracy_benchmark_runs(capsys):
 
 def test_the_cost_benchmark_runs(capsys):
     """``benchmarks/circle_map_cost.py`` runs end to end on a tiny case (its timings are not tests)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "circle_map_cost.py"
-    spec = importlib.util.spec_from_file_location("circle_map_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("circle_map_cost")
     module.main(["--shape", "4", "--chains", "2", "--sites", "100", "--repeats", "1", "--inner", "1", "--rounds", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(float(line.split()[-1]) > 0 for line in lines[2:])

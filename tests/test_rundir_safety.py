@@ -20,6 +20,7 @@ from lattice_flows.checkpoint import write_atomic
 from lattice_flows.cli import main
 from lattice_flows.rundir import RunFolder, RunFolderError
 
+from benchmark_scripts import load_benchmark
 from run_specs import flow_spec, small_hmc_toml
 
 FLOW_SPEC = flow_spec(training={"n_steps": 4, "batch_size": 8, "lr": 0.01})
@@ -402,10 +403,7 @@ def test_a_segment_written_but_not_listed_is_ignored_on_resume(tmp_path):
 
 
 def test_checkpoint_cost_benchmark_runs(monkeypatch, capsys):
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "checkpoint_cost.py"
-    module_spec = importlib.util.spec_from_file_location("checkpoint_cost", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_benchmark("checkpoint_cost")
     monkeypatch.setattr(sys, "argv", ["checkpoint_cost.py", "--shape", "4", "--chains", "2", "--trajectories", "30",
                                       "--every", "10", "--repeats", "1"])
     module.main()

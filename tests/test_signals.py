@@ -4,7 +4,6 @@ process at once, leaving the last checkpoint intact, so that --resume gives the 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,25 +16,10 @@ import pytest
 from lattice_flows import Simulation
 from lattice_flows.cli import main
 
-from run_specs import small_hmc_toml
+from run_specs import launch, small_hmc_toml, wait_for
 
 WORKER = Path(__file__).resolve().parent / "workers" / "slow_update.py"
 
-
-
-def _launch(command, cwd, **env):
-    return subprocess.Popen(
-        command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def _wait_for(path: Path, process, timeout=120.0):
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < end, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def _two_signals(process, first, second) -> tuple[int, str, float]:
@@ -63,8 +47,8 @@ def _two_signals(process, first, second) -> tuple[int, str, float]:
 def test_a_second_signal_ends_a_long_update_at_once(tmp_path, first, second):
     spec = tmp_path / "long.toml"
     spec.write_text(small_hmc_toml(n_steps=10**7))  # one trajectory takes far longer than the test
-    process = _launch([sys.executable, "-m", "lattice_flows", "run", str(spec), "--out", "long", "--threads", "1"], tmp_path)
-    _wait_for(tmp_path / "long" / "spec.json", process)
+    process = launch([sys.executable, "-m", "lattice_flows", "run", str(spec), "--out", "long", "--threads", "1"], tmp_path)
+    wait_for(tmp_path / "long" / "spec.json", process)
     time.sleep(1.0)  # into the first update
     code, err, seconds = _two_signals(process, first, second)
     assert code == 128 + second, err
@@ -77,11 +61,11 @@ def test_the_folder_resumes_after_two_sigterms_to_the_uninterrupted_table(tmp_pa
     spec = tmp_path / "small.toml"
     spec.write_text(small_hmc_toml(n_steps=5))
     # checkpoints after updates 5, 10, 15 (segment 0: rows 0-5), 20 (segment 1); the 13th measured update (update 23) never ends
-    process = _launch(
+    process = launch(
         [sys.executable, str(WORKER), "run", str(spec), "--out", "cut", "--quiet", "--checkpoint-every", "5"], tmp_path,
         SLOW_AFTER="12",
     )
-    _wait_for(tmp_path / "cut" / "chains.records" / "segment-000001.pt", process)
+    wait_for(tmp_path / "cut" / "chains.records" / "segment-000001.pt", process)
     time.sleep(1.0)
     code, err, seconds = _two_signals(process, signal.SIGTERM, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM and seconds < 10, err

@@ -8,8 +8,6 @@ tested, so they hold for (almost) any seed and fail only when the behaviour chan
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +17,8 @@ from scipy.signal import lfilter
 from lattice_flows import Simulation, analysis
 from lattice_flows.analysis import binned_error, format_value_error, gamma_method, summarize
 from lattice_flows.cli import format_summary, main, summary_warnings
+
+from benchmark_scripts import load_benchmark
 
 IDENTITY = "delta_H_identity(K=2)"
 
@@ -301,12 +301,7 @@ def test_terminal_and_csv_share_the_first_column_name(tmp_path):
 
 
 def test_compare_samplers_footnote_only_for_unreliable_tau(capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_samplers.py"
-    spec = importlib.util.spec_from_file_location("compare_samplers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("compare_samplers")
     row = {"beta": 6.0, "sampler": "hmc", "acc": 0.8, "exp(-dH)": 1.0, "exp(-dH) err": 0.01, "cos P": 0.9,
            "cos P err": 0.001, "cos P exact": 0.9, "Q^2": 1.0, "Q^2 err": 0.1, "Q^2 exact": 1.0, "tau_Q": 10.0,
            "tau_Q err": 1.0, "tau reliable": True, "tau note": "", "s/traj": 1e-3, "s/indep Q": 2e-2,

@@ -5,7 +5,6 @@ estimate; an out-of-memory during a run is a one-line error with exit status 2 (
 from __future__ import annotations
 
 import copy
-import math
 
 import attrs
 import pytest
@@ -19,6 +18,8 @@ from lattice_flows.reference import _parameter_class
 from lattice_flows.registry import REGISTRIES
 from lattice_flows.simulation import FLOW_INIT_SEED_OFFSET, TRAINING_SEED_OFFSET, RunSettings
 from lattice_flows.training import TrainingSettings
+
+from benchmark_scripts import load_benchmark
 
 U1 = {
     "lattice": {"shape": [4, 4]},
@@ -293,13 +294,7 @@ def test_other_runtime_errors_still_raise(workdir, monkeypatch):
 
 
 def test_the_exact_cost_benchmark_runs(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "u1_exact_cost.py"
-    spec = importlib.util.spec_from_file_location("u1_exact_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("u1_exact_cost")
     module.main(["--betas", "1", "2", "--shape", "4", "--repeats", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["beta", "median", "s", "ratio"] and len(lines) == 3
