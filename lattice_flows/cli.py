@@ -24,7 +24,11 @@ import torch
 from . import distributed
 from .checkpoint import load_checkpoint
 from .errors import LatticeFlowsError
-from .rundir import RunFolder, RunFolderError, resume_difference
+from .analysis import format_value_error
+from .flow_report import figure_context, flow_quality_on_lattice, training_line
+from .registry import ACTIONS
+from .rundir import RunFolder, RunFolderError
+from .spec import build_component, resume_difference, spec_fields
 from .simulation import SPEC_KEYS, RunInterrupted, Simulation
 from .specfile import apply_overrides, load_spec
 from .training import TrainingError
@@ -158,11 +162,12 @@ def _with_folder_flow(sim: Simulation, folder: RunFolder) -> Simulation:
     if sim.flow is None or not folder.flow.exists():
         return sim
     loaded = Simulation.load(folder.flow)
-    if loaded.to_spec() != sim.to_spec() and resume_difference(loaded.to_spec(), sim.to_spec()) is None:
-        loaded = loaded.evolve(n_trajectories=sim.settings.n_trajectories)  # a run extended by --resume
-    if loaded.to_spec() != sim.to_spec():
+    saved, wanted = loaded.to_spec(), sim.to_spec()
+    if saved == wanted:
+        return loaded
+    if resume_difference(saved, wanted) is not None:
         raise LatticeFlowsError(f"{folder.flow}: the flow checkpoint was written by another spec than {folder.spec}")
-    return loaded
+    return loaded.evolve(n_trajectories=sim.settings.n_trajectories)  # a run extended by --resume
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -187,8 +192,6 @@ def train_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> No
         sim.save(folder.flow)  # every rank takes part (RNG states are gathered); rank 0 writes
         if distributed.is_main():
             folder.write_history(sim.history)
-    from .flow_report import training_line
-
     log.info("training: %s", training_line(sim.history))
     if distributed.any_rank(stop()):
         raise Stopped(f"training stopped at step {len(sim.history)}; the flow is saved in {folder.flow}")
@@ -205,8 +208,6 @@ def sample_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> p
     if sim.flow is not None and distributed.all_gather_objects(folder.flow.exists())[0] is False:
         sim.save(folder.flow)  # the flow the chains ran with, so that --resume and report find it
     if sim.flow is not None and distributed.is_main():
-        from .flow_report import flow_quality_on_lattice
-
         message, quality = flow_quality_on_lattice(sim)  # ESS on this lattice, fresh samples
         log.info("%s", message)
         folder.update_status(**quality)
@@ -228,7 +229,6 @@ def sample_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> p
 def report(sim: Simulation, folder: RunFolder, table: pd.DataFrame) -> None:
     """Summary (printed and written) and figures of a finished run."""
     from .figures import write_figures
-    from .flow_report import figure_context
 
     summary = sim.summary(table)
     text = format_summary(summary)
@@ -261,8 +261,6 @@ def format_summary(summary: pd.DataFrame, *, width: int = 100) -> str:
     (``yes``/``no``) with ``[n]`` pointing at footnote ``n``, the row's note, wrapped to ``width``.
     """
     import textwrap
-
-    from .analysis import format_value_error
 
     def cell(row, key):
         value = row.get(key, float("nan"))
@@ -358,9 +356,6 @@ def cmd_report(args) -> int:
 def _exact_action_section(args: argparse.Namespace) -> dict[str, Any]:
     """The action's spec section from ``--action``, ``--beta`` (only for an action with a ``beta``) and
     ``--set PARAM=VALUE`` (``action.PARAM=VALUE`` is read the same)."""
-    from .registry import ACTIONS
-    from .spec import spec_fields
-
     if args.action not in ACTIONS.names():
         raise LatticeFlowsError(f"exact --action: unknown action {args.action!r}; available actions: {', '.join(sorted(ACTIONS.names()))}")
     accepted = [f.name for f in spec_fields(ACTIONS.get(args.action))]
@@ -388,8 +383,6 @@ def _exact_action_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_exact(args) -> int:
     """Print the exact values the action's default observables know (all computed before anything is printed)."""
-    from .spec import build_component
-
     section = _exact_action_section(args)
     shape = tuple(args.shape)
     where = "x".join(map(str, shape))

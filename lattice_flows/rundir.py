@@ -42,13 +42,12 @@ import pandas as pd
 
 from .checkpoint import write_atomic
 from .errors import LatticeFlowsError
-from .spec import differing_keys
+from .spec import resume_difference
 
 __all__ = ["RunFolder", "RunFolderError", "RunFolderLocked", "resume_difference"]
 
 LOCK_NAME = ".lock"
-#: Spec keys that may differ when a run is resumed: more trajectories extend a run.
-GROWING_KEYS = ("n_trajectories",)
+
 
 
 class RunFolderError(LatticeFlowsError):
@@ -57,22 +56,6 @@ class RunFolderError(LatticeFlowsError):
 
 class RunFolderLocked(RunFolderError):
     """Another process holds the run folder."""
-
-
-def resume_difference(saved: dict[str, Any], spec: dict[str, Any]) -> str | None:
-    """Why a run made with spec ``saved`` cannot be resumed with ``spec``, or ``None`` if it can.
-
-    Only ``n_trajectories`` may differ, and only grow (the chains go on from where they stopped).
-    """
-    keys = differing_keys(saved, spec)
-    fixed = [k for k in keys if k not in GROWING_KEYS]
-    if fixed:
-        return f"differs in {', '.join(fixed)}"
-    for key in keys:
-        old, new = saved.get(key), spec.get(key)
-        if not (isinstance(old, int) and isinstance(new, int) and new >= old):
-            return f"{key} can only grow, from {old!r}; got {new!r}"
-    return None
 
 
 def _ignorable(path: Path) -> bool:
@@ -300,8 +283,9 @@ class RunFolder:
         table = self._read_table()
         if "spec" not in table.attrs and self.spec.exists():
             table.attrs["spec"] = self.read_spec()
-        if "sampler" not in table.attrs and self.status().get("sampler") is not None:
-            table.attrs["sampler"] = self.status()["sampler"]
+        sampler = self.status().get("sampler") if "sampler" not in table.attrs else None
+        if sampler is not None:
+            table.attrs["sampler"] = sampler
         return table
 
     def _read_table(self) -> pd.DataFrame:

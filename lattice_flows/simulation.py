@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import analysis, distributed
+from . import analysis, distributed, resources
 from .base import Action, Flow, Observable, Sampler
 from .checkpoint import CheckpointError, checkpoint_digest, encode_checkpoint, load_checkpoint, save_atomic, write_atomic
 from .errors import LatticeFlowsError, SpecError
@@ -26,7 +26,7 @@ from .params import INT64_MAX, choice, integer
 from .progress import progress_bar
 from .registry import OBSERVABLES
 from .training import TrainingError, TrainingSettings, check_flow_health, sample_flow, train_flow
-from .spec import build_component, build_from_params, check_table, component_spec, differing_keys, params_of, spec_fields
+from .spec import build_component, build_from_params, check_table, component_spec, differing_keys, params_of, resume_difference, spec_fields
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +93,15 @@ def _report_tuning(original: Sampler, tuned: Sampler) -> None:
 
 
 def _settings_device(settings: RunSettings) -> torch.device:
+    """The device a run's settings name, ``"auto"`` resolved (CUDA when available); not yet this rank's."""
     if settings.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(settings.device)
 
 
-def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action: Action) -> None:
+def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action: Action, settings: RunSettings) -> None:
     """A :class:`SpecError` naming ``lattice.shape``, ``n_chains`` and ``n_trajectories`` if the run cannot
     fit in the memory of its device (:mod:`lattice_flows.resources`), raised before anything of that size exists."""
-    from . import resources
-
-    settings = build_from_params(
-        RunSettings, {k: spec[k] for k in _SETTINGS_KEYS if k in spec}, what="the run", path="spec", context={}
-    )
     training = spec.get("training") if isinstance(spec.get("training"), Mapping) else {}
     observables = spec.get("observables")
     n_local = -(-settings.n_chains // distributed.world_size())  # the chains of one process
@@ -115,7 +111,7 @@ def _check_fits(spec: Mapping[str, Any], lattice_shape: tuple[int, ...], action:
         n_trajectories=settings.n_trajectories,
         n_columns=len(observables) if isinstance(observables, (list, tuple)) else 4,
         itemsize=DTYPES[settings.dtype].itemsize,
-        flow=spec.get("flow") if spec.get("flow") is not None else None,
+        flow=spec.get("flow"),
         batch_size=training.get("batch_size") if isinstance(training.get("batch_size"), int) else None,
     )
     device = _settings_device(settings)
@@ -287,7 +283,9 @@ class Simulation:
         except ValueError as exc:
             raise SpecError(f"spec['lattice']['shape']: {exc}") from None
         context["action"] = action
-        _check_fits(spec, lattice_shape, action)  # before any flow or field of that size is built
+        settings_spec = {k: spec[k] for k in _SETTINGS_KEYS if k in spec}
+        settings = build_from_params(RunSettings, settings_spec, what="the run", path="spec", context={})
+        _check_fits(spec, lattice_shape, action, settings)  # before any flow or field of that size is built
 
         flow = None
         if spec.get("flow") is not None:
@@ -316,8 +314,6 @@ class Simulation:
         else:
             observables = cls._default_observables(action, context)
 
-        settings_spec = {k: spec[k] for k in _SETTINGS_KEYS if k in spec}
-        settings = build_from_params(RunSettings, settings_spec, what="the run", path="spec", context={})
         sim = cls(
             lattice_shape=lattice_shape,
             action=action,
@@ -607,9 +603,7 @@ class Simulation:
     @property
     def device(self) -> torch.device:
         """The spec's device; under several ranks ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
-        if self.settings.device == "auto":
-            return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        return distributed.local_device(torch.device(self.settings.device))
+        return distributed.local_device(_settings_device(self.settings))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -783,8 +777,6 @@ class Simulation:
         )
 
     def _resume(self, path: Path):
-        from .rundir import resume_difference
-
         data = load_checkpoint(path)
         if data.get("kind") != "chains":
             raise CheckpointError(f"{path}: not a chains checkpoint (it holds {data.get('kind', 'a flow')!r})")

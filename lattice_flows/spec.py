@@ -16,6 +16,7 @@ from .errors import ParameterError, SpecError, UnknownComponentError
 
 __all__ = [
     "spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table", "differing_keys",
+    "resume_difference",
 ]
 
 
@@ -26,6 +27,26 @@ def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     ['dtype', 'seed']
     """
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+#: Spec keys that may differ when a run is resumed: more trajectories extend a run.
+GROWING_KEYS = ("n_trajectories",)
+
+
+def resume_difference(saved: dict[str, Any], spec: dict[str, Any]) -> str | None:
+    """Why a run made with spec ``saved`` cannot be resumed with ``spec``, or ``None`` if it can.
+
+    Only ``n_trajectories`` may differ, and only grow (the chains go on from where they stopped).
+    """
+    keys = differing_keys(saved, spec)
+    fixed = [k for k in keys if k not in GROWING_KEYS]
+    if fixed:
+        return f"differs in {', '.join(fixed)}"
+    for key in keys:
+        old, new = saved.get(key), spec.get(key)
+        if not (isinstance(old, int) and isinstance(new, int) and new >= old):
+            return f"{key} can only grow, from {old!r}; got {new!r}"
+    return None
 
 
 def check_table(value: Any, path: str, what: str) -> Mapping[str, Any]:
