@@ -33,7 +33,7 @@ __all__ = [
     "write_atomic",
     "save_atomic",
     "load_checkpoint",
-    "encode_checkpoint",
+    "read_checkpoint",
     "FORMAT",
     "VERSION",
 ]
@@ -80,11 +80,8 @@ def write_error(path: str | Path, exc: BaseException) -> WriteError:
             reason += "; free some space, then continue with --resume"
     else:  # torch and pyarrow report a failed write in their own exception types
         reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}"
-        try:
-            if os.statvfs(path.parent).f_bavail == 0:
-                reason = "No space left on device (ENOSPC); free some space, then continue with --resume"
-        except OSError:
-            pass
+        if _disk_full(path):
+            reason = "No space left on device (ENOSPC); free some space, then continue with --resume"
     return WriteError(f"cannot write {path}: {reason}", getattr(exc, "errno", None), str(path))
 
 
@@ -126,35 +123,30 @@ def _disk_full(path: Path) -> bool:
         return False
 
 
-def encode_checkpoint(obj: dict[str, Any]) -> bytes:
-    """The bytes of a version-2 checkpoint of ``obj`` (header with the payload's SHA-256, then the payload)."""
+def save_atomic(obj: dict[str, Any], path: str | Path) -> str:
+    """Write a version-2 checkpoint of ``obj`` (a header with the payload's SHA-256, then the payload) with
+    :func:`write_atomic`: ``path`` is the old file or the new one. Returns the payload's SHA-256 (hex)."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **obj}, buffer)
     payload = buffer.getvalue()
-    header = f"{FORMAT} {VERSION} sha256={hashlib.sha256(payload).hexdigest()} bytes={len(payload)}\n".encode()
-    return header + payload
+    digest = hashlib.sha256(payload).hexdigest()
+    blob = f"{FORMAT} {VERSION} sha256={digest} bytes={len(payload)}\n".encode() + payload
+    write_atomic(path, lambda tmp: tmp.write_bytes(blob))
+    return digest
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write a checkpoint of ``obj`` with :func:`write_atomic`: ``path`` is the old file or the new one."""
-    blob = encode_checkpoint(obj)
-    return write_atomic(path, lambda tmp: tmp.write_bytes(blob))
-
-
-def checkpoint_digest(blob: bytes) -> str:
-    """The SHA-256 in the header of the checkpoint bytes ``blob`` (from :func:`encode_checkpoint`, or a file's first 256 bytes)."""
-    match = _HEADER.match(blob[:_HEADER_MAX])
-    assert match is not None, "not bytes from encode_checkpoint"
-    return match.group(2).decode()
-
-
-def _torch_load(payload: bytes | Path) -> Any:
-    source = io.BytesIO(payload) if isinstance(payload, bytes) else payload
-    return torch.load(source, map_location="cpu", weights_only=True)
+def _torch_load(payload: bytes) -> Any:
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The contents of a checkpoint written by :func:`save_atomic`; :class:`CheckpointError` otherwise."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str | None]:
+    """:func:`load_checkpoint`'s contents and the payload's SHA-256 as checked against the header
+    (``None`` for a version-1 file, which has none)."""
     path = Path(path)
     bad = f"{path}: not a readable lattice-flows checkpoint"
     try:
@@ -172,7 +164,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if blob.startswith(FORMAT.encode()):
             raise CheckpointError(f"{bad}: its header is damaged (the file is corrupted)")
         if blob.startswith(_ZIP_MAGIC):
-            return _load_version_1(path, bad)
+            return _load_version_1(blob, path, bad), None
         raise CheckpointError(f"{bad}: it does not start with the lattice-flows checkpoint header (a foreign file?)")
     version, expected, length = int(match.group(1)), match.group(2).decode(), int(match.group(3))
     if version != VERSION:
@@ -189,13 +181,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         data = _torch_load(payload)
     except Exception:  # a checksum that matches damaged data: written so by another program
         raise CheckpointError(f"{bad}: its payload cannot be read although the checksum matches") from None
-    return _check_marker(data, path, VERSION)
+    return _check_marker(data, path, VERSION), actual
 
 
-def _load_version_1(path: Path, bad: str) -> dict[str, Any]:
-    """A version-1 checkpoint (a ``torch.save`` with the format marker and no checksum), or a foreign torch file."""
+def _load_version_1(blob: bytes, path: Path, bad: str) -> dict[str, Any]:
+    """A version-1 checkpoint (the bytes ``blob`` of a ``torch.save`` with the format marker and no
+    checksum), or a foreign torch file."""
     try:
-        data = _torch_load(path)
+        data = _torch_load(blob)
     except Exception:  # torch's text (several lines, with advice to unpickle unsafely) is not shown
         raise CheckpointError(
             f"{bad}: a zip or torch file that is damaged, or holds objects other than plain data "

@@ -20,7 +20,7 @@ import torch
 
 from . import analysis, distributed, resources
 from .base import Action, Flow, Observable, Sampler
-from .checkpoint import CheckpointError, checkpoint_digest, encode_checkpoint, load_checkpoint, save_atomic, write_atomic
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
 from .errors import LatticeFlowsError, SpecError
 from .params import INT64_MAX, choice, integer
 from .progress import progress_bar
@@ -761,10 +761,12 @@ class Simulation:
         if not distributed.is_main():
             return
         if stop > start:
-            blob = encode_checkpoint({"kind": "chains records", "rows": [start, stop], "ranks": [g[1] for g in gathered]})
-            write_atomic(_segments_dir(path) / _segment_name(saved["segments"]), lambda tmp: tmp.write_bytes(blob))
+            digest = save_atomic(
+                {"kind": "chains records", "rows": [start, stop], "ranks": [g[1] for g in gathered]},
+                _segments_dir(path) / _segment_name(saved["segments"]),
+            )
             saved["segments"] += 1
-            saved["digest"] = _chain_digest(saved["digest"], checkpoint_digest(blob))
+            saved["digest"] = _chain_digest(saved["digest"], digest)
         save_atomic(
             {
                 "kind": "chains",
@@ -815,11 +817,10 @@ class Simulation:
             segment = folder / _segment_name(index)
             if not segment.exists():
                 raise CheckpointError(f"{path}: the measurements file {segment} it needs is missing; start a new run")
-            data = load_checkpoint(segment)
-            if data.get("kind") != "chains records" or data["rows"][0] != saved["rows"]:
+            data, digest = read_checkpoint(segment)
+            if data.get("kind") != "chains records" or data["rows"][0] != saved["rows"] or digest is None:
                 raise CheckpointError(f"{segment}: not the measurements that {path} continues from; start a new run")
-            with open(segment, "rb") as f:
-                saved["digest"] = _chain_digest(saved["digest"], checkpoint_digest(f.read(256)))
+            saved["digest"] = _chain_digest(saved["digest"], digest)
             saved["rows"], saved["segments"] = data["rows"][1], index + 1
             pieces.append(data["ranks"][distributed.rank()])
         if saved["rows"] != listed["rows"] or saved["digest"] != listed["digest"]:
