@@ -240,8 +240,9 @@ def gamma_method(data, *, S: float = 1.5, tau_exp: float | None = None, n_sigma:
     # normalisation by (N_r - t) does not guarantee for tiny chains; clip there.
     tau_int_error = 2.0 * tau_window * math.sqrt(max(window + 0.5 - tau_window, 0.0) / n_total)
     tau_int = tau_window + tail
-    tau_int_error = math.hypot(tau_int_error, tail_error)
-    c_f = 2.0 * tau_int * gamma[0]
+    if tail:
+        tau_int_error = math.hypot(tau_int_error, tail_error)
+        c_f = 2.0 * tau_int * gamma[0]
     error = math.sqrt(c_f / n_total) if c_f > 0 else math.nan
 
     note = ""
@@ -329,8 +330,7 @@ def binned_error(data, *, min_blocks: int = _MIN_BLOCKS) -> BinnedResult:
         >>> b.n_blocks, b.block_size, abs(b.error - 0.005) < 3 * b.error_error
         (32, 1250, True)
     """
-    if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
-        raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
+    _check_min_blocks(min_blocks)
     x = _as_chains(data)
     n_chains, n_per_chain = x.shape
     per_chain = max(1, -(-int(min_blocks) // n_chains))
@@ -517,8 +517,7 @@ def summarize(
     if isinstance(drift_threshold, bool) or not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"drift_threshold must be a positive number of standard errors, got {drift_threshold!r}")
     drift_threshold = threshold
-    if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
-        raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
+    _check_min_blocks(min_blocks)
     if len(table) == 0:
         raise ValueError("table is empty; expected at least 2 rows per chain")
 
@@ -687,22 +686,20 @@ def format_value_error(value: float, error: float, *, digits: int = 2) -> str:
 
 def _identity_terms(dh: np.ndarray, k: float) -> np.ndarray:
     """``e^{-dH} 1[dH >= -k] + 1[dH > k]`` per update, shape of ``dh``; nan where ``dh`` is nan."""
-    with np.errstate(over="ignore"):
-        terms = np.where(dh >= -k, np.exp(-np.maximum(dh, -k)), 0.0) + (dh > k)
+    terms = np.where(dh >= -k, np.exp(-np.maximum(dh, -k)), 0.0) + (dh > k)  # exp(...) <= e^k
     return np.where(np.isnan(dh), math.nan, terms)
 
 
 def _analyse(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None) -> tuple[dict, list[str], list[str]]:
     """One summary row of ``x`` (shape (R, N_r)) without ``drift``: (row, failures, remarks)."""
-    res = gamma_method(x, S=S, tau_exp=tau_exp)
-    b = binned_error(x, min_blocks=min_blocks)
+    res, b, binned_wins = _errors(x, S, min_blocks, tau_exp)
     row = {c: getattr(res, c) for c in ("mean", "error", "tau_int", "tau_int_error", "window", "n_samples")}
     row.update(gamma_error=res.error, binned_error=b.error)
     failures = [res.note] if res.note else []
     remarks = []
     if res.tail:
         remarks.append(f"tau_int includes an exponential tail {res.tail:.3g} (tau_exp = {tau_exp:.4g}) beyond W = {res.window}")
-    if _binned_wins(res, b):
+    if binned_wins:
         ratio = b.error / res.error
         row["error"] = b.error
         row["tau_int"] = res.tau_int * ratio**2
@@ -720,20 +717,24 @@ def _analyse(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None) ->
     return row, failures, remarks
 
 
-def _binned_wins(res: GammaResult, b: BinnedResult) -> bool:
-    return bool(
+def _errors(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None) -> tuple[GammaResult, BinnedResult, bool]:
+    """The Gamma method and binning of ``x`` (R, N_r), and whether the binned error wins: larger by more
+    than ``_BINNED_WINS`` of its own standard errors."""
+    res = gamma_method(x, S=S, tau_exp=tau_exp)
+    b = binned_error(x, min_blocks=min_blocks)
+    wins = bool(
         res.gamma.size
         and math.isfinite(res.error)
         and math.isfinite(b.error)
         and b.error - res.error > _BINNED_WINS * b.error_error
     )
+    return res, b, wins
 
 
 def _honest_error(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None = None) -> tuple[float, float]:
     """(mean, error) of ``x`` as :func:`summarize` finds them: Gamma method, or binning when larger."""
-    res = gamma_method(x, S=S, tau_exp=tau_exp)
-    b = binned_error(x, min_blocks=min_blocks)
-    return res.mean, (b.error if _binned_wins(res, b) else res.error)
+    res, b, binned_wins = _errors(x, S, min_blocks, tau_exp)
+    return res.mean, (b.error if binned_wins else res.error)
 
 
 def _drift(x: np.ndarray, S: float, min_blocks: int, tau_exp: float | None = None) -> float:
@@ -772,6 +773,11 @@ def _heavy_tail(dh: pd.Series | np.ndarray, error: float, identity: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_min_blocks(min_blocks) -> None:
+    if isinstance(min_blocks, bool) or not isinstance(min_blocks, (int, np.integer)) or min_blocks < 2:
+        raise ValueError(f"min_blocks must be an integer >= 2, got {min_blocks!r}")
 
 
 def _check_positive(name: str, value) -> float:
