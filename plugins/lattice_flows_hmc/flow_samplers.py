@@ -21,16 +21,7 @@ from lattice_flows import Action, ChainState, Flow, Integrator, Sampler, SplitFo
 from lattice_flows.base import autograd_force
 from lattice_flows.params import choice, component, injected
 
-from .hmc import (
-    check_tuning,
-    kinetic_energy,
-    metropolis,
-    select,
-    target_acceptance,
-    trajectory_length,
-    tune_step_size,
-    tuning_report,
-)
+from .hmc import StepSizeTuning, kinetic_energy, metropolis, select, target_acceptance, trajectory_length
 
 __all__ = ["LatentAction", "FTHMC", "FlowIMH", "FlowChainState"]
 
@@ -96,7 +87,7 @@ class FlowChainState(ChainState):
 
 
 @attrs.frozen(kw_only=True)
-class FTHMC(Sampler):
+class FTHMC(StepSizeTuning, Sampler):
     """HMC on the flow's latent variable (field-transformation HMC)."""
 
     example_params = {"integrator": {"name": "leapfrog", "step_size": 0.1, "n_steps": 5}}
@@ -113,15 +104,6 @@ class FTHMC(Sampler):
         ),
     )
     flow: Flow = injected("flow")
-
-    def __attrs_post_init__(self):
-        check_tuning(self)
-
-    def adapt(self, info, iteration):
-        return tune_step_size(self, info, iteration)
-
-    def tuning_report(self, original):
-        return tuning_report(original, self)
 
     @torch.no_grad()
     def init(self, x: Tensor, action: Action) -> FlowChainState:

@@ -13,7 +13,7 @@ from lattice_flows.errors import ParameterError
 from lattice_flows.params import component, real
 
 __all__ = [
-    "HMC", "kinetic_energy", "metropolis", "select", "tune_step_size", "tuning_report", "target_acceptance", "trajectory_length",
+    "HMC", "StepSizeTuning", "kinetic_energy", "metropolis", "select", "tune_step_size", "tuning_report", "target_acceptance", "trajectory_length",
 ]
 
 
@@ -130,8 +130,23 @@ def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
+class StepSizeTuning:
+    """The ``target_acceptance`` tuning that HMC and FTHMC share, for an attrs sampler with the fields
+    ``integrator``, ``target_acceptance`` and ``trajectory_length``: checked when built, applied while
+    thermalizing (:func:`tune_step_size`), reported after it (:func:`tuning_report`)."""
+
+    def __attrs_post_init__(self):
+        check_tuning(self)
+
+    def adapt(self, info, iteration):
+        return tune_step_size(self, info, iteration)
+
+    def tuning_report(self, original):
+        return tuning_report(original, self)
+
+
 @attrs.frozen(kw_only=True)
-class HMC(Sampler):
+class HMC(StepSizeTuning, Sampler):
     """HMC with momenta ``v ~ N(0, 1)``, ``H = v^2/2 + S(x)``, any registered integrator.
 
     One step is one trajectory of ``integrator.n_steps`` steps for every chain at once, followed
@@ -143,15 +158,6 @@ class HMC(Sampler):
     integrator: Integrator = component("integrators", help="molecular-dynamics integrator (a name or a table)")
     target_acceptance: float = target_acceptance()
     trajectory_length: float = trajectory_length()
-
-    def __attrs_post_init__(self):
-        check_tuning(self)
-
-    def adapt(self, info, iteration):
-        return tune_step_size(self, info, iteration)
-
-    def tuning_report(self, original):
-        return tuning_report(original, self)
 
     def trajectory(self, x: Tensor, v: Tensor, action: Action) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate from ``(x, v)``; returns ``(x', v', delta_H)`` without accepting anything."""
