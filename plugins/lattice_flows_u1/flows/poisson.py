@@ -45,6 +45,7 @@ fields, never per trajectory.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import ClassVar, Sequence
@@ -83,8 +84,16 @@ def von_mises_spline_logits(beta: float, n_bins: int, latent_beta: float = 0.0) 
     (uniform when ``latent_beta = 0``) to ``theta`` of density ``exp(beta cos theta)``. Knots sit at
     equally spaced ``theta_k = -pi + 2 pi k / K`` and at ``u_k = F_latent^{-1}(F_beta(theta_k))`` (the CDFs
     integrated numerically on a fine grid), with the exact slopes ``dh/du = p_latent(u_k) / p_beta(theta_k)``.
-    ``beta = latent_beta`` gives the identity. Returns three float64 arrays of length ``n_bins``.
+    ``beta = latent_beta`` gives the identity. Returns three new float64 arrays of length ``n_bins``
+    (computed once per arguments: the spec check of :class:`PlaquettePoissonFlow.Config` and the flow's
+    construction both need them).
     """
+    return tuple(a.copy() for a in _von_mises_spline_logits(float(beta), int(n_bins), float(latent_beta)))
+
+
+@functools.lru_cache(maxsize=16)
+def _von_mises_spline_logits(beta: float, n_bins: int, latent_beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`von_mises_spline_logits`, cached: its arrays must not be changed."""
     if beta == latent_beta:
         return np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins)
     grid = np.linspace(-math.pi, math.pi, 2**20 + 1)
