@@ -294,8 +294,8 @@ def rational_quadratic_root(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Te
     All arguments broadcast together; the result has their shape. ``xi`` is the root of
     ``a xi^2 + b xi + c = 0`` in the form without cancellation for the sign of ``b``: its error times
     ``h'`` is within a few hundred ``eps`` of the dtype at raw parameter scales up to 10, near either
-    knot (``tests/test_rq_root.py``). ``dy`` outside ``[0, h]`` (round-off) can give ``xi`` outside
-    ``[0, 1]``; callers clamp.
+    knot (``tests/test_rq_root.py``). ``dy`` outside ``[0, h]`` (round-off) would give ``xi`` outside
+    ``[0, 1]``; the result is clamped to it.
     """
     c2 = d0 + d1 - 2 * s
     a = h * (s - d0) + dy * c2
@@ -312,7 +312,7 @@ def rational_quadratic_root(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Te
     low = b >= 0
     stable_low = 2 * c / torch.where(low, -b - sqrt_disc, 1.0)
     stable_high = (sqrt_disc - b) / torch.where(low, 1.0, 2 * a)
-    return torch.where(low, stable_low, stable_high)
+    return torch.where(low, stable_low, stable_high).clamp(0, 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -400,8 +400,8 @@ class CircularSpline(CircleMap):
         d0, d1 = dvec.gather(0, idx).squeeze(0), dvec.gather(0, nxt).squeeze(0)
         s = h / w
         # y - y0 may exceed h (or fall below 0) by round-off of the knots; near a knot of small
-        # derivative that would put the root far outside the bin, so it is held in [0, 1]
-        xi = rational_quadratic_root(y - y0, h, s, d0, d1).clamp(0, 1)
+        # derivative that would put the root far outside the bin, so rational_quadratic_root holds it in [0, 1]
+        xi = rational_quadratic_root(y - y0, h, s, d0, d1)
         logd, _ = self._log_derivative(xi, s, d0, d1, s + (d0 + d1 - 2 * s) * xi * (1 - xi))
         return wrap_exact(x0 + xi * w), -logd
 

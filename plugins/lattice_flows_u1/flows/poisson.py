@@ -166,7 +166,7 @@ class SharedCircleSpline(nn.Module):
         theta = theta if wrapped else wrap_exact(theta)
         x0, y0, wk, hk, d0, d1 = self._bin(self.tables(theta.dtype, theta.device), theta, 1)
         s = hk / wk
-        xi = rational_quadratic_root(theta - y0, hk, s, d0, d1).clamp(0, 1)
+        xi = rational_quadratic_root(theta - y0, hk, s, d0, d1)
         D = s + (d0 + d1 - 2 * s) * xi * (1 - xi)
         return self._closed(x0 + xi * wk), CircularSpline._log_derivative(xi, s, d0, d1, D)[0]
 
