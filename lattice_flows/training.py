@@ -24,6 +24,9 @@ from .params import choice, integer, real
 from .progress import progress_bar
 
 __all__ = [
+    "smoothed_history",
+    "smoothing_window",
+    "Smoothed",
     "TrainingSettings",
     "TrainingError",
     "FlowHealthError",
@@ -233,22 +236,20 @@ def check_flow_health(
     action: Action,
     lattice_shape: Sequence[int],
     *,
-    n: int = HEALTH_SAMPLES,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    seed: int = 0,
     what: str = "the flow",
     history: pd.DataFrame | None = None,
+    **health: Any,
 ) -> dict[str, Any]:
-    """:func:`flow_health`, raising :class:`FlowHealthError` (naming the loss, the ESS and any
-    non-finite weights) unless everything is finite; returns the report. ``what`` opens the message.
+    """:func:`flow_health` (``health``: its keywords ``n``, ``dtype``, ``device``, ``seed``), raising
+    :class:`FlowHealthError` (naming the loss, the ESS and any non-finite weights) unless everything is
+    finite; returns the report. ``what`` opens the message.
 
     Under several ranks the ranks agree: if one finds the flow broken, every rank raises.
     """
-    report = flow_health(flow, action, lattice_shape, n=n, dtype=dtype, device=device, seed=seed)
+    report = flow_health(flow, action, lattice_shape, **health)
     if distributed.any_rank(not report["healthy"]):
         shape = "x".join(map(str, lattice_shape))
-        parts = [f"on {n} fresh samples on {shape} its loss is {report['loss']:.6g} and its ESS {report['ess']:.6g}"]
+        parts = [f"on {report['n']} fresh samples on {shape} its loss is {report['loss']:.6g} and its ESS {report['ess']:.6g}"]
         if report["non_finite"]:
             names = report["non_finite"]
             parts.append(
@@ -395,8 +396,6 @@ def train_flow(
 
 
 # -- the end-of-training figures that the log and training.png quote ---------------------------
-
-__all__ += ["smoothed_history", "smoothing_window", "Smoothed"]
 
 
 def smoothing_window(n_steps: int) -> int:
