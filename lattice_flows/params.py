@@ -18,7 +18,7 @@ import attrs
 
 from .errors import ParameterError
 
-__all__ = ["INT64_MAX", "real", "integer", "choice", "flag", "widths", "odd_integer", "component", "injected"]
+__all__ = ["INT64_MAX", "is_size", "real", "integer", "choice", "flag", "widths", "odd_integer", "component", "injected"]
 
 
 def _is_number(value: Any) -> bool:
@@ -96,6 +96,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_size(value: Any) -> bool:
+    """Whether ``value`` is an int (not a bool) from 1 to :data:`INT64_MAX`: a lattice size, a width, a count."""
+    return _is_int(value) and 1 <= value <= INT64_MAX
+
+
 def integer(*, help: str, default: Any = attrs.NOTHING, ge: int | None = None, lt: int | None = None, le: int | None = None):
     """An integer parameter (floats and bools are rejected); at most ``2**63 - 1`` in size (it must fit
     torch's and numpy's int64), below ``lt`` / at most ``le`` where given."""
@@ -156,7 +161,7 @@ def widths(*, help: str, default: Any = attrs.NOTHING):
     """
 
     def check(instance, attribute, value):
-        ok = isinstance(value, tuple) and all(_is_int(v) and 1 <= v <= INT64_MAX for v in value)
+        ok = isinstance(value, tuple) and all(is_size(v) for v in value)
         if not ok:
             shown = list(value) if isinstance(value, tuple) else value
             raise ParameterError(attribute.name, f"expected a list of positive integers, got {shown!r}")
@@ -170,7 +175,7 @@ def odd_integer(*, help: str, default: Any = attrs.NOTHING):
     """A positive odd integer, such as a convolution's kernel size (odd keeps the output centred)."""
 
     def check(instance, attribute, value):
-        if not _is_int(value) or not 1 <= value <= INT64_MAX or value % 2 != 1:
+        if not is_size(value) or value % 2 != 1:
             raise ParameterError(attribute.name, f"expected an odd integer >= 1, got {value!r}")
 
     return attrs.field(default=default, validator=check, metadata={"help": help, "type": "odd integer"})

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .params import is_size
+
 __all__ = ["Estimate", "estimate", "available", "format_bytes", "FIELD_COPIES", "RECORD_COPIES"]
 
 #: Field-sized tensors per chain that an update holds at once (fields, momenta, force, proposal, ...).
@@ -43,7 +45,7 @@ class Estimate(dict):
 
 def _positive_int(value: Any, default: int) -> int:
     # a value the flow's own validation will refuse (a bool, 0, beyond 64 bits) counts as the default here
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63 else default
+    return value if is_size(value) else default
 
 
 def estimate(

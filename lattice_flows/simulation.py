@@ -22,7 +22,7 @@ from . import analysis, distributed, resources
 from .base import Action, Flow, Observable, Sampler
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
 from .errors import LatticeFlowsError, SpecError
-from .params import INT64_MAX, choice, integer
+from .params import choice, integer, is_size
 from .progress import progress_bar
 from .registry import OBSERVABLES
 from .training import TrainingError, TrainingSettings, check_flow_health, sample_flow, train_flow
@@ -268,7 +268,7 @@ class Simulation:
         if not (
             isinstance(shape, (list, tuple))
             and shape
-            and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= INT64_MAX for n in shape)
+            and all(is_size(n) for n in shape)
         ):
             raise SpecError(
                 f"spec['lattice']['shape']: expected a list of positive integers (at least one, each at most 2**63 - 1) "
