@@ -333,6 +333,16 @@ def _histories(Figure, run: _RunData):
     if blocked:
         # block index of each row; the last, shorter block is merged into the one before it
         block_id = np.minimum((run.table["trajectory"] - t0).to_numpy() // block, max(n_max // block - 1, 0))
+        # the block means of every observable at once (non-finite values left out), per drawn chain and overall
+        frame = pd.DataFrame({"__chain": run.table["chain"].to_numpy(), "__block": block_id,
+                              "__t": run.table["trajectory"].to_numpy(dtype=float)})
+        for column in run.columns:
+            values = run.table[column].to_numpy(dtype=float)
+            frame[column] = np.where(np.isfinite(values), values, np.nan)
+        per_chain = frame[frame["__chain"].isin(drawn)].groupby(["__chain", "__block"], sort=True).mean()
+        overall = frame.drop(columns="__chain").groupby("__block", sort=True).mean()
+        # chain drawn[0]'s values, 1 in `every` of them
+        every = max(1, math.ceil(int((run.table["chain"] == drawn[0]).sum()) / MAX_POINTS_DRAWN))
     for row, column in enumerate(run.columns):
         ax = axes[row, 0]
         values = run.table[column].to_numpy(dtype=float)
@@ -346,7 +356,6 @@ def _histories(Figure, run: _RunData):
         if blocked:
             chain = drawn[0]
             t, y = run.values(column, chain)
-            every = max(1, math.ceil(len(y) / MAX_POINTS_DRAWN))
             ax.plot(t[::every], y[::every], lw=0.6, color="C0", drawstyle="steps-post" if integer else "default")
         else:
             marker = "." if n_max <= 50 else None
@@ -358,17 +367,12 @@ def _histories(Figure, run: _RunData):
         if blocked:
             bx = axes[row, 1]
             panels.append(bx)
-            frame = pd.DataFrame({"chain": run.table["chain"].to_numpy(), "block": block_id,
-                                  "t": run.table["trajectory"].to_numpy(dtype=float),
-                                  "y": np.where(np.isfinite(values), values, np.nan)})
-            per_chain = frame[frame["chain"].isin(drawn)].groupby(["chain", "block"], sort=True).mean()
             for i, chain in enumerate(drawn):
                 if chain in per_chain.index.get_level_values(0):
                     part = per_chain.loc[chain]
-                    bx.plot(part["t"], part["y"], ".-", lw=0.7, ms=2.5, color=f"C{i}", alpha=0.6, label=f"chain {chain}")
-            overall = frame.groupby("block", sort=True).mean()
+                    bx.plot(part["__t"], part[column], ".-", lw=0.7, ms=2.5, color=f"C{i}", alpha=0.6, label=f"chain {chain}")
             label = f"all {len(run.chains)} chains" if len(run.chains) > 1 else "the chain"
-            bx.plot(overall["t"], overall["y"], "-", lw=2.0, color="k", label=label)
+            bx.plot(overall["__t"], overall[column], "-", lw=2.0, color="k", label=label)
         stats = run.summary_row(column)
         exact = run.exact(column)
         for p in panels:
@@ -405,7 +409,6 @@ def _histories(Figure, run: _RunData):
     else:
         shown = f"chains {', '.join(map(str, drawn))} of {n_chains}"
     if blocked:
-        every = max(1, math.ceil(n_max / MAX_POINTS_DRAWN))
         axes[0, 0].set_title(f"values of chain {drawn[0]}" + (f" (1 in {every} trajectories)" if every > 1 else ""),
                              fontsize=10)
         black = "their mean" if len(drawn) == n_chains else f"mean of all {n_chains}"
