@@ -60,7 +60,8 @@ def concat_runs(tables: Iterable[pd.DataFrame], parameters: Sequence[str] | None
 
     ``parameters``: dotted spec paths (``"action.beta"``, ``"lattice.shape"``, ``"sampler.name"``); the
     column is named by the path, and list values (a shape) become tuples. Default: every parameter
-    whose value is not the same in all tables. The parameter columns come first, then the tables'
+    whose value is not the same in all tables, ``None`` where a spec does not have it (an HMC run beside a
+    flow run: ``flow.name`` is ``None`` for the HMC rows). The parameter columns come first, then the tables'
     own columns; rows keep their order, table after table, with a fresh index. The result's
     ``attrs["specs"]`` lists the tables' specs. Raises :class:`~lattice_flows.errors.LatticeFlowsError`
     for a table without a spec, a parameter that a spec does not have, or a parameter that is
@@ -96,6 +97,7 @@ def concat_runs(tables: Iterable[pd.DataFrame], parameters: Sequence[str] | None
                 "RunFolder.read_table carry one; set it to the run's sim.to_spec())"
             )
         specs.append(spec)
+    leaves = None
     if parameters is None:
         leaves = [spec_leaves(spec) for spec in specs]
         paths = list(dict.fromkeys(p for leaf in leaves for p in leaf))
@@ -108,10 +110,13 @@ def concat_runs(tables: Iterable[pd.DataFrame], parameters: Sequence[str] | None
         for path in parameters:
             if path in table.columns:
                 raise LatticeFlowsError(f"concat_runs: parameter {path!r} is already a column of table {i}")
-            try:
-                value = spec_value(spec, path)
-            except KeyError as exc:
-                raise LatticeFlowsError(f"concat_runs: table {i}'s spec has no parameter {exc.args[0]}") from None
+            if leaves is not None:  # the parameters that differ, found among the specs' leaves
+                value = leaves[i].get(path)
+            else:
+                try:
+                    value = spec_value(spec, path)
+                except KeyError as exc:
+                    raise LatticeFlowsError(f"concat_runs: table {i}'s spec has no parameter {exc.args[0]}") from None
             columns[path] = [_cell(value)] * len(table)
         part = pd.concat([pd.DataFrame(columns, index=table.index), table], axis=1)
         part.attrs = {}

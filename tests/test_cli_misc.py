@@ -190,3 +190,15 @@ def test_concat_runs_errors_are_clear():
         concat_runs([a], parameters=["plaquette"])
     with pytest.raises(LatticeFlowsError, match="at least one table"):
         concat_runs([])
+
+
+def test_concat_runs_by_default_puts_none_where_a_spec_lacks_a_parameter():
+    """An HMC run beside a run with a flow: the flow's parameters differ, and are None for the HMC rows."""
+    a = Simulation.from_spec(_small_spec()).run()
+    b = a.copy()
+    b.attrs = {"spec": {**a.attrs["spec"], "flow": {"name": "u1_stout", "n_layers": 2}}}
+    both = concat_runs([a, b])
+    assert list(both.columns[:2]) == ["flow.name", "flow.n_layers"]
+    assert both["flow.name"].tolist() == [None] * len(a) + ["u1_stout"] * len(b)
+    with pytest.raises(LatticeFlowsError, match="table 0's spec has no parameter 'flow.name'"):
+        concat_runs([a, b], parameters=["flow.name"])  # asked for by name, a missing parameter is an error
