@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .params import integer, real
+from .phase_space import FLAT, PhaseSpace
 
 __all__ = ["autograd_force", "SplitForce", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
 
@@ -79,6 +80,9 @@ class Action(Component):
     theory: ClassVar[str]
     #: Numbers of lattice dimensions it supports (``None``: any); used to draw test lattices.
     dimensions: ClassVar[tuple[int, ...] | None] = None
+    #: Momenta, kinetic energy and position update of its fields (:mod:`lattice_flows.phase_space`);
+    #: flat by default. Integrators and samplers go through it; :meth:`force` is in its momentum coordinates.
+    phase_space: ClassVar[PhaseSpace] = FLAT
 
     @abc.abstractmethod
     def field_shape(self, lattice_shape: Sequence[int]) -> tuple[int, ...]:
