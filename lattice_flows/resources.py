@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .params import is_size
+from .run_table import RESERVED_COLUMNS
 
 __all__ = [
     "Estimate", "estimate", "available", "format_bytes", "FIELD_COPIES", "RECORD_COPIES", "ALLOCATION_FAILURES",
@@ -31,7 +32,7 @@ RECORD_COPIES = 3
 #: Bytes of one recorded value (float64 or int64 columns).
 RECORD_ITEMSIZE = 8
 #: Columns the table has besides the observables (chain, trajectory, accepted, delta_H).
-EXTRA_COLUMNS = 4
+EXTRA_COLUMNS = len(RESERVED_COLUMNS)
 #: A flow's layers and hidden channels when its spec does not give ``n_layers`` / ``hidden``.
 DEFAULT_LAYERS, DEFAULT_HIDDEN = 8, 8
 #: Activations kept per layer and hidden channel for the backward pass (at least one each).
