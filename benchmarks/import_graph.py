@@ -8,13 +8,15 @@ with each module's size in lines and what of the package it imports, and exits w
 * a module imports one of a higher layer (an upward import),
 * the imports form a cycle,
 * a module imports one of the package inside a function (the way a cycle used to be dodged),
-* a module has no layer in :data:`LAYERS` (a new module must be given one).
+* a module has no layer in :data:`LAYERS` (a new module must be given one),
+* a plugin (a file under ``plugins/``) imports a core module beyond :data:`PLUGIN_LAYERS` (the run parts,
+  the facade's module, the reports, the CLI): plugins use the public core only.
 
 Imports of optional third-party packages (matplotlib, tqdm, yaml) belong inside the functions that
 need them, so that a plain install runs without them; they are listed at the end, not flagged.
 
     python benchmarks/import_graph.py            # the graph; exit status 1 on a violation
-    python benchmarks/import_graph.py --root path/to/lattice_flows
+    python benchmarks/import_graph.py --root path/to/lattice_flows --plugins path/to/plugins
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     )),
     ("entry points", "the command line and the package's public names", ("cli", "__main__", "__init__")),
 ]
+
+#: The core modules a plugin (``plugins/``) may import: the layers up to the services, the package's public names
+#: (``__init__``) and the kit for plugin authors; never a run part, the facade's insides, a report or the CLI.
+PLUGIN_LAYERS = ("foundation", "spec", "components", "plugins", "services")
+PLUGIN_EXTRA = ("__init__", "testing")
 
 #: Third-party packages that are optional (extras): imported inside functions, never at module level.
 OPTIONAL = ("matplotlib", "tqdm", "yaml")
@@ -119,6 +126,25 @@ def imports_of(path: Path, root: Path, modules: set[str]) -> tuple[list[tuple[st
     return own, optional
 
 
+def _absolute_core_imports(path: Path, modules: set[str]) -> list[tuple[str, int, bool]]:
+    """``[(core module, line, inside a function)]`` that a file outside the package imports (``lattice_flows.x``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names if a.name.split(".")[0] == PACKAGE]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:
+            base = (node.module or "").removeprefix(PACKAGE).lstrip(".")
+            targets = [f"{PACKAGE}.{base}.{a.name}".replace("..", ".") if base else f"{PACKAGE}.{a.name}" for a in node.names]
+        for target in targets:
+            parts = target.removeprefix(PACKAGE).lstrip(".").split(".")
+            while parts and ".".join(parts) not in modules:
+                parts.pop()
+            found.append((".".join(parts) if parts else "__init__", node.lineno, False))
+    return found
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Every strongly connected component with more than one module (or a module importing itself)."""
     index: dict[str, int] = {}
@@ -158,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent / PACKAGE,
                         help="the package folder (default: the lattice_flows of this checkout)")
+    parser.add_argument("--plugins", type=Path, default=Path(__file__).resolve().parent.parent / "plugins",
+                        help="the plugins folder whose imports of the core are checked (default: this checkout's)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
@@ -191,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
     for cycle in _cycles(graph):
         problems.append("import cycle: " + " -> ".join(cycle + [cycle[0]]))
+    allowed = {m for layer, _, modules in LAYERS if layer in PLUGIN_LAYERS for m in modules} | set(PLUGIN_EXTRA)
+    plugin_files = sorted(p for p in args.plugins.rglob("*.py") if "__pycache__" not in p.parts) if args.plugins.is_dir() else []
+    used_by_plugins: set[str] = set()
+    for path in plugin_files:
+        for target, lineno, _ in _absolute_core_imports(path, set(names)):
+            used_by_plugins.add(target)
+            if top.get(target, target) not in allowed:
+                problems.append(f"{path}:{lineno}: a plugin imports the core module {target}, which is not public "
+                                f"to plugins (they may import: {', '.join(sorted(allowed))})")
 
     width = max(len(n) for n in names)
     print(f"{PACKAGE}: {len(names)} modules, {sum(lines.values())} lines, {len(LAYERS)} layers "
@@ -205,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\noptional packages, imported inside functions (a plain install runs without them):")
         for name in sorted(optional):
             print(f"  {name:<{width}} {', '.join(sorted(optional[name]))}")
+    if plugin_files:
+        print(f"\nplugins ({len(plugin_files)} files under {args.plugins.name}/) import from the core: "
+              f"{', '.join(sorted(used_by_plugins)) or '-'}")
     if problems:
         print(f"\n{len(problems)} problem(s):")
         for problem in problems:

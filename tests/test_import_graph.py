@@ -75,3 +75,16 @@ def test_the_architecture_doc_names_every_module_of_the_layers(graph):
         for module in modules:
             if module in present and module not in ("__init__", "__main__"):
                 assert f"`{module}`" in text, f"docs/architecture.md does not name the module {module}"
+
+
+def test_a_plugin_importing_beyond_the_public_core_is_found(graph, tmp_path, capsys):
+    root = _package(tmp_path, {"base.py": "", "chain_driver.py": "", "simulation.py": ""})
+    plugins = tmp_path / "plugins" / "my_plugin"
+    plugins.mkdir(parents=True)
+    (plugins / "action.py").write_text("from lattice_flows import Action\nfrom lattice_flows.base import Component\n")
+    (plugins / "sampler.py").write_text("from lattice_flows.chain_driver import drive_chains\n")
+    assert graph.main(["--root", str(root), "--plugins", str(tmp_path / "plugins")]) == 1
+    out = capsys.readouterr().out
+    assert "plugins (2 files under plugins/) import from the core: __init__, base, chain_driver" in out
+    assert "sampler.py:1: a plugin imports the core module chain_driver, which is not public to plugins" in out
+    assert "action.py" not in out.split("problem(s):")[1]
