@@ -16,8 +16,9 @@ Two entry points:
   and trajectory) and returns one row of :func:`gamma_method` results per
   observable.
 
-This module depends on numpy and pandas only, so a finished run can be analysed
-without torch or the rest of the package.
+This module computes with numpy and pandas only (no tensors), so a finished run's
+table is analysed as it is read from disk; the table's reserved column names come
+from :mod:`lattice_flows.run_table`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .run_table import ACCEPTED, CHAIN, DELTA_H, TRAJECTORY
 
 __all__ = [
     "GammaResult",
@@ -67,6 +70,10 @@ DRIFT_THRESHOLD = 4.0
 #: The cut K of the check row ``delta_H_identity(K=2)`` of :func:`summarize`:
 #: <e^{-dH} 1[dH >= -K]> + P(dH > K) = 1 for every exact sampler, each term bounded by e^K.
 IDENTITY_K = 2.0
+#: The summary row of ``<exp(-delta_H)>`` (1 in expectation for every exact sampler).
+EXP_DELTA_H = f"exp(-{DELTA_H})"
+#: The summary row of the energy identity with the cut :data:`IDENTITY_K`: ``delta_H_identity(K=2)``.
+IDENTITY_ROW = f"{DELTA_H}_identity(K={IDENTITY_K:g})"
 
 #: The binned error wins over the Gamma method's when it is larger by more than this many of its
 #: own standard errors (its relative standard error is 1 / sqrt(2 (n_blocks - 1))).
@@ -402,8 +409,8 @@ def summarize(
     table: pd.DataFrame,
     columns: Sequence[str] | None = None,
     *,
-    chain: str = "chain",
-    order: str = "trajectory",
+    chain: str = CHAIN,
+    order: str = TRAJECTORY,
     S: float = 1.5,
     derived: Mapping[str, Callable[[pd.DataFrame], pd.Series]] | None = None,
     drift_threshold: float = DRIFT_THRESHOLD,
@@ -558,13 +565,13 @@ def summarize(
     # Carlo order, so a reshape is the pivot.
     ordered = table.sort_values([chain, order], kind="stable")
 
-    identity = f"delta_H_identity(K={IDENTITY_K:g})"
+    identity = IDENTITY_ROW
     quantities: dict[str, pd.Series | np.ndarray] = {}
     for c in columns:
         quantities[c] = ordered[c]
-        if c == "delta_H":
+        if c == DELTA_H:
             dh = ordered[c].to_numpy(dtype=float)
-            quantities["exp(-delta_H)"] = np.exp(-dh)
+            quantities[EXP_DELTA_H] = np.exp(-dh)
             quantities[identity] = _identity_terms(dh, IDENTITY_K)
     for name, f in (derived or {}).items():
         if name in quantities:
@@ -597,7 +604,7 @@ def summarize(
     for name, values in quantities.items():
         values = np.asarray(values)
         finite = np.isfinite(values.astype(float))
-        if name in ("delta_H", "exp(-delta_H)", identity) and not finite.all():
+        if name in (DELTA_H, EXP_DELTA_H, identity) and not finite.all():
             # a trajectory whose energy diverged is a sampler's outcome, not a bug: report, don't fail
             rows[name] = {
                 "mean": float(np.mean(values.astype(float))), "error": math.nan, "tau_int": math.nan,
@@ -611,10 +618,10 @@ def summarize(
             row, failures, remarks = _analyse(x, S, min_blocks, tau_exp)
         except ValueError as exc:
             raise ValueError(f"quantity {name!r}: {exc}") from exc
-        if name == "exp(-delta_H)":
+        if name == EXP_DELTA_H:
             # heavy-tailed: its halves' means scatter beyond their errors; the identity row has the drift test
             row["drift"] = math.nan
-            tail = _heavy_tail(quantities["delta_H"], row["error"], identity)
+            tail = _heavy_tail(quantities[DELTA_H], row["error"], identity)
             if tail:
                 failures.append(tail)
         else:
@@ -629,9 +636,9 @@ def summarize(
         row["note"] = "; ".join(failures + remarks)
         rows[name] = row
 
-    bookkeeping = [name for name in ("accepted", "delta_H", "exp(-delta_H)", identity) if name in rows]
-    if "delta_H" in rows and all(rows[name]["error"] == 0.0 for name in bookkeeping) and rows["delta_H"]["mean"] == 0.0 and (
-        "accepted" not in rows or rows["accepted"]["mean"] == 1.0
+    bookkeeping = [name for name in (ACCEPTED, DELTA_H, EXP_DELTA_H, identity) if name in rows]
+    if DELTA_H in rows and all(rows[name]["error"] == 0.0 for name in bookkeeping) and rows[DELTA_H]["mean"] == 0.0 and (
+        ACCEPTED not in rows or rows[ACCEPTED]["mean"] == 1.0
     ):
         # a sampler without an accept/reject step (exact sampling): these rows are constant by construction
         for name in bookkeeping:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .params import integer, real
 from .phase_space import FLAT, PhaseSpace
+from .spec import build_from_params, params_of
 
 __all__ = ["autograd_force", "SplitForce", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
 
@@ -62,14 +63,10 @@ class Component(abc.ABC):
         must be consumed: an unknown key, a missing one or a bad value raises :class:`SpecError`
         naming ``path``. Components that are not plain attrs classes override this.
         """
-        from .spec import build_from_params  # the spec module imports the registries, which import this one
-
         return build_from_params(cls, params, what=name, path=path, context=context)
 
     def to_spec(self) -> dict[str, Any]:
         """The spec parameters of this instance (without ``name``); nested components as sections."""
-        from .spec import params_of
-
         return params_of(self)
 
 
@@ -163,15 +160,11 @@ class Flow(nn.Module, abc.ABC):
     @classmethod
     def from_spec(cls, params: Mapping[str, Any], *, name: str, path: str, context: Mapping[str, Any]):
         """Build from a spec section's parameters, for the lattice in ``context["lattice_shape"]``."""
-        from .spec import build_from_params
-
         config = build_from_params(cls.Config, params, what=name, path=path, context=context)
         return cls(config, context["lattice_shape"])
 
     def to_spec(self) -> dict[str, Any]:
         """The spec parameters of this flow (without ``name``)."""
-        from .spec import params_of
-
         return params_of(self.config)
 
     @abc.abstractmethod

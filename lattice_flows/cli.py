@@ -25,8 +25,12 @@ from . import distributed
 from .checkpoint import load_checkpoint
 from .errors import LatticeFlowsError
 from .analysis import format_value_error
+from .figures import write_figures
 from .flow_report import figure_context, flow_quality_on_lattice, training_line
+from .reference import components_text, spec_keys_text
 from .registry import ACTIONS
+from .resources import is_allocation_failure
+from .run_builder import default_observables
 from .rundir import RunFolder, RunFolderError
 from .spec import build_component, resume_difference, spec_fields
 from .simulation import SPEC_KEYS, RunInterrupted, Simulation
@@ -228,8 +232,6 @@ def sample_job(sim: Simulation, folder: RunFolder, args, stop: StopRequest) -> p
 
 def report(sim: Simulation, folder: RunFolder, table: pd.DataFrame) -> None:
     """Summary (printed and written) and figures of a finished run."""
-    from .figures import write_figures
-
     summary = sim.summary(table)
     text = format_summary(summary)
     folder.write_summary(summary, text)
@@ -325,9 +327,7 @@ def _job(args: argparse.Namespace, *, train: bool, sample: bool) -> int:
     if sample:
         report(sim, folder, table)
     elif sim.history is not None:
-        from .figures import write_figures
-
-        write_figures(folder.figures, pd.DataFrame(), history=sim.history, lattice_shape=sim.lattice_shape)
+            write_figures(folder.figures, pd.DataFrame(), history=sim.history, lattice_shape=sim.lattice_shape)
     return 0
 
 
@@ -395,7 +395,7 @@ def cmd_exact(args) -> int:
     except ValueError as exc:
         raise LatticeFlowsError(f"exact --shape: {exc}") from None
     context["action"] = action
-    observables = Simulation._default_observables(action, context)
+    observables = default_observables(action, context)
     params = ", ".join(f"{k}={v}" for k, v in action.to_spec().items())
     lines = [f"# exact values: {args.action} ({params}) on {where}"]
     try:
@@ -424,8 +424,6 @@ def _distribution_lines(column: str, obs) -> list[str]:
 
 
 def cmd_plugins(args) -> int:
-    from .reference import components_text
-
     print(components_text())
     return 0
 
@@ -435,8 +433,6 @@ def cmd_plugins(args) -> int:
 
 def _spec_help() -> str:
     try:
-        from .reference import spec_keys_text
-
         return spec_keys_text()
     except Exception:  # the help must show even if a plugin fails to load
         return "spec keys: " + ", ".join(SPEC_KEYS)
@@ -461,15 +457,6 @@ def _int_argument(minimum: int, maximum: int | None, what: str):
         return value
 
     return parse
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError``, ``MemoryError`` or the CPU
-    allocator's ``RuntimeError`` ("can't allocate memory")."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def _job_parser(sub, name: str, help: str, description: str, *, spec_help: str, sampling: bool):
@@ -587,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lattice-flows: error: {message}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        if not _is_out_of_memory(exc):
+        if not is_allocation_failure(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(

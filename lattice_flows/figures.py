@@ -46,6 +46,9 @@ import pandas as pd
 from . import analysis
 from .checkpoint import WriteError, write_atomic
 from .flow_report import ess_text, lattice_text
+from .analysis import EXP_DELTA_H
+from .run_summary import exact_values, moment_label
+from .run_table import ACCEPTED, CHAIN, DELTA_H, RESERVED_COLUMNS, TRAJECTORY
 from .training import smoothed_history, smoothing_window
 
 __all__ = ["write_figures", "MAX_CHAINS_DRAWN", "MAX_POINTS_DRAWN", "BLOCKS", "MIN_BLOCK"]
@@ -70,7 +73,6 @@ MAX_POINTS_DRAWN = 1000
 TRANSIENT_FRACTION = 0.05
 
 #: Columns of the run table that are bookkeeping or sampler diagnostics, not observables.
-_NOT_OBSERVABLES = ("chain", "trajectory", "accepted", "delta_H")
 
 #: Training histories longer than this get a running mean over the raw curve.
 _RUNNING_MEAN_ABOVE = 50
@@ -209,18 +211,18 @@ class _RunData:
 
     def __init__(self, table: pd.DataFrame, summary: pd.DataFrame | None, observables: Mapping[str, Any] | None):
         table = table.copy()
-        if "chain" not in table.columns:
-            table["chain"] = 0
-        if "trajectory" not in table.columns:
-            table["trajectory"] = table.groupby("chain").cumcount()
-        self.table = table.sort_values(["chain", "trajectory"], kind="stable")
+        if CHAIN not in table.columns:
+            table[CHAIN] = 0
+        if TRAJECTORY not in table.columns:
+            table[TRAJECTORY] = table.groupby(CHAIN).cumcount()
+        self.table = table.sort_values([CHAIN, TRAJECTORY], kind="stable")
         self.summary = summary
         self.observables = dict(observables) if observables is not None else None
-        self.chains = list(pd.unique(self.table["chain"]))
+        self.chains = list(pd.unique(self.table[CHAIN]))
         if self.observables is not None:
             candidates = [c for c in self.observables if c in table.columns]
         else:
-            candidates = [c for c in table.columns if c not in _NOT_OBSERVABLES]
+            candidates = [c for c in table.columns if c not in RESERVED_COLUMNS]
         # bool columns (acceptance flags) are not observables; object columns cannot be drawn
         self.columns = [
             c
@@ -230,13 +232,13 @@ class _RunData:
 
     def values(self, column: str, chain) -> tuple[np.ndarray, np.ndarray]:
         """(trajectory, value) of one chain, values as float with non-finite ones as nan."""
-        rows = self.table[self.table["chain"] == chain]
+        rows = self.table[self.table[CHAIN] == chain]
         y = rows[column].to_numpy(dtype=float)
-        return rows["trajectory"].to_numpy(), np.where(np.isfinite(y), y, np.nan)
+        return rows[TRAJECTORY].to_numpy(), np.where(np.isfinite(y), y, np.nan)
 
     def pivot(self, column: str) -> np.ndarray:
         """Values of ``column`` as float, shape (n_chains, n_per_chain); chains cut to the shortest."""
-        groups = [g[column].to_numpy(dtype=float) for _, g in self.table.groupby("chain", sort=True)]
+        groups = [g[column].to_numpy(dtype=float) for _, g in self.table.groupby(CHAIN, sort=True)]
         n = min((len(g) for g in groups), default=0)
         return np.stack([g[:n] for g in groups]) if groups else np.empty((0, 0))
 
@@ -244,14 +246,16 @@ class _RunData:
         return None if self.observables is None else self.observables.get(column)
 
     def exact(self, label: str, column: str | None = None, power: int = 1) -> float | None:
-        """Exact value of summary row ``label``, else ``observables[column].exact()[power]``."""
+        """Exact value of summary row ``label``, else ``observables[column]``'s ``<O^power>``
+        (:func:`lattice_flows.run_summary.exact_values`)."""
         if self.summary is not None and "exact" in self.summary.columns and label in self.summary.index:
             value = _finite(self.summary.at[label, "exact"])
             if value is not None:
                 return value
-        obs = self._observable(column or label)
+        column = column or label
+        obs = self._observable(column)
         if obs is not None:
-            return _finite(obs.exact().get(power))
+            return _finite(exact_values({column: obs}).get(moment_label(column, power)))
         return None
 
     def exact_distribution(self, column: str) -> dict[int, float]:
@@ -322,34 +326,34 @@ def _histories(Figure, run: _RunData):
     from matplotlib.ticker import MaxNLocator
 
     drawn = run.chains[:MAX_CHAINS_DRAWN]
-    n_max = int(run.table.groupby("chain").size().max())
+    n_max = int(run.table.groupby(CHAIN).size().max())
     # blocks of at least MIN_BLOCK trajectories, at most BLOCKS of them; none for short chains
     blocked = n_max >= 10 * MIN_BLOCK
     block = max(MIN_BLOCK, n_max // BLOCKS)
     n = len(run.columns)
     fig = Figure(figsize=(13 if blocked else 10, 1.2 + 2.1 * n), layout="constrained")
     axes = fig.subplots(n, 2 if blocked else 1, sharex=True, squeeze=False)
-    t0 = run.table["trajectory"].min()
+    t0 = run.table[TRAJECTORY].min()
     if blocked:
         # block index of each row; the last, shorter block is merged into the one before it
-        block_id = np.minimum((run.table["trajectory"] - t0).to_numpy() // block, max(n_max // block - 1, 0))
+        block_id = np.minimum((run.table[TRAJECTORY] - t0).to_numpy() // block, max(n_max // block - 1, 0))
         # the block means of every observable at once (non-finite values left out), per drawn chain and overall
-        frame = pd.DataFrame({"__chain": run.table["chain"].to_numpy(), "__block": block_id,
-                              "__t": run.table["trajectory"].to_numpy(dtype=float)})
+        frame = pd.DataFrame({"__chain": run.table[CHAIN].to_numpy(), "__block": block_id,
+                              "__t": run.table[TRAJECTORY].to_numpy(dtype=float)})
         for column in run.columns:
             values = run.table[column].to_numpy(dtype=float)
             frame[column] = np.where(np.isfinite(values), values, np.nan)
         per_chain = frame[frame["__chain"].isin(drawn)].groupby(["__chain", "__block"], sort=True).mean()
         overall = frame.drop(columns="__chain").groupby("__block", sort=True).mean()
         # chain drawn[0]'s values, 1 in `every` of them
-        every = max(1, math.ceil(int((run.table["chain"] == drawn[0]).sum()) / MAX_POINTS_DRAWN))
+        every = max(1, math.ceil(int((run.table[CHAIN] == drawn[0]).sum()) / MAX_POINTS_DRAWN))
     for row, column in enumerate(run.columns):
         ax = axes[row, 0]
         values = run.table[column].to_numpy(dtype=float)
         finite = values[np.isfinite(values)]
         integer = _is_integer_valued(values)
         notes = []
-        bad = run.table.loc[~np.isfinite(values), "chain"].value_counts(sort=False)
+        bad = run.table.loc[~np.isfinite(values), CHAIN].value_counts(sort=False)
         notes += [f"chain {chain}: {int(k)} non-finite" for chain, k in bad.items() if chain in set(drawn)]
         if finite.size and np.all(finite == finite[0]):
             notes.append(f"constant: {finite[0]:.6g} in every trajectory")
@@ -628,15 +632,15 @@ def _delta_h(Figure, run: _RunData):
     """``delta_H.png``: histogram of the energy violation delta_H over all chains and trajectories
     (log y axis), with <exp(-delta_H)> (exactly 1 for a correct, reversible, area-preserving
     integrator) and the acceptance rate in the title. Non-finite delta_H are counted and left out."""
-    if "delta_H" not in run.table.columns or len(run.table) == 0:
+    if DELTA_H not in run.table.columns or len(run.table) == 0:
         return None
-    dh = pd.to_numeric(run.table["delta_H"], errors="coerce").to_numpy(dtype=float)
+    dh = pd.to_numeric(run.table[DELTA_H], errors="coerce").to_numpy(dtype=float)
     finite = dh[np.isfinite(dh)]
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.set_xlabel(r"$\Delta H = H(\mathrm{proposal}) - H(\mathrm{current})$")
     ax.set_ylabel("trajectories per bin")
-    stats = run.summary_row("exp(-delta_H)")
+    stats = run.summary_row(EXP_DELTA_H)
     if stats is not None:
         mean_exp = f"<exp(-ΔH)> = {_pm(*stats)}"
     elif finite.size:
@@ -646,7 +650,7 @@ def _delta_h(Figure, run: _RunData):
     else:
         mean_exp = "<exp(-ΔH)> undefined"
     parts = [f"{finite.size} trajectories"]
-    if "accepted" in run.table.columns:
+    if ACCEPTED in run.table.columns:
         parts.append(f"acceptance {run.table['accepted'].astype(float).mean():.3f}")
     if finite.size < dh.size:
         parts.append(f"{dh.size - finite.size} non-finite ΔH left out")

@@ -14,14 +14,12 @@ closing log line of training and ``figures/training.png`` quote.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
+from .simulation import Simulation
 from .training import smoothed_history
-
-if TYPE_CHECKING:
-    from .simulation import Simulation
 
 __all__ = ["FLOW_ESS_SAMPLES", "ess_text", "training_line", "flow_quality_on_lattice", "figure_context", "lattice_text"]
 
@@ -52,7 +50,7 @@ def training_line(history: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def flow_quality_on_lattice(sim: "Simulation", n: int = FLOW_ESS_SAMPLES) -> tuple[str, dict[str, Any]]:
+def flow_quality_on_lattice(sim: Simulation, n: int = FLOW_ESS_SAMPLES) -> tuple[str, dict[str, Any]]:
     """The flow's ESS on ``sim``'s lattice from ``n`` fresh samples, as a log line and as the
     ``status.json`` entries ``flow_ess`` (None when not finite), ``flow_ess_samples``,
     ``flow_lattice`` and ``flow_trained_on`` (the training lattice: ``sim.history.attrs
@@ -77,7 +75,7 @@ def flow_quality_on_lattice(sim: "Simulation", n: int = FLOW_ESS_SAMPLES) -> tup
     return message, status
 
 
-def figure_context(sim: "Simulation", status: Mapping[str, Any]) -> dict[str, Any]:
+def figure_context(sim: Simulation, status: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`lattice_flows.figures.write_figures` for ``sim``'s run: the
     lattice sampled and, from the run folder's ``status`` (:meth:`RunFolder.status`), the flow's ESS
     on it when it was measured on that lattice (:func:`flow_quality_on_lattice`)."""

@@ -28,8 +28,9 @@ from typing import Any, Iterable, Sequence
 import attrs
 
 from . import params
+from .base import Flow
 from .registry import REGISTRIES, PluginEntry, Registry
-from .simulation import SPEC_KEYS, RunSettings
+from .run_settings import SPEC_KEYS, RunSettings
 from .spec import spec_fields
 from .training import TrainingSettings
 
@@ -86,8 +87,6 @@ def _package(entry: PluginEntry) -> str:
 
 def _parameter_class(cls: type) -> type:
     """The attrs class holding the spec parameters: a flow's ``Config``, else the class itself."""
-    from .base import Flow
-
     return cls.Config if isinstance(cls, type) and issubclass(cls, Flow) else cls
 
 

@@ -21,6 +21,7 @@ import entrypoints
 
 from .base import Action, Flow, Integrator, Observable, Sampler
 from .errors import ComponentLoadError, DuplicateComponentError, UnknownComponentError
+from .kinds import REGISTRIES, registry_of_kind
 
 __all__ = [
     "Registry",
@@ -154,15 +155,8 @@ INTEGRATORS: Registry[Integrator] = Registry("integrators", "lattice_flows.integ
 OBSERVABLES: Registry[Observable] = Registry("observables", "lattice_flows.observables", Observable)
 SAMPLERS: Registry[Sampler] = Registry("samplers", "lattice_flows.samplers", Sampler)
 
-#: The registries by kind, as named in component fields (:func:`lattice_flows.params.component`).
-REGISTRIES: dict[str, Registry] = {r.kind: r for r in (ACTIONS, FLOWS, INTEGRATORS, OBSERVABLES, SAMPLERS)}
-
-
-def registry_of_kind(kind: str) -> Registry:
-    """The registry for ``kind`` (``"actions"``, ``"flows"``, ...)."""
-    try:
-        return REGISTRIES[kind]
-    except KeyError:
-        raise UnknownComponentError(f"unknown kind of component {kind!r}; kinds: {', '.join(REGISTRIES)}") from None
+# The registries by kind, as named in component fields (:func:`lattice_flows.params.component`): entered in
+# the table of kinds that spec building reads (REGISTRIES and registry_of_kind are the ones of lattice_flows.kinds).
+REGISTRIES.update({r.kind: r for r in (ACTIONS, FLOWS, INTEGRATORS, OBSERVABLES, SAMPLERS)})
 
 

@@ -18,8 +18,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .params import is_size
+from .run_table import RESERVED_COLUMNS
 
-__all__ = ["Estimate", "estimate", "available", "format_bytes", "FIELD_COPIES", "RECORD_COPIES"]
+__all__ = [
+    "Estimate", "estimate", "available", "format_bytes", "FIELD_COPIES", "RECORD_COPIES", "ALLOCATION_FAILURES",
+    "is_allocation_failure",
+]
 
 #: Field-sized tensors per chain that an update holds at once (fields, momenta, force, proposal, ...).
 FIELD_COPIES = 4
@@ -28,11 +32,36 @@ RECORD_COPIES = 3
 #: Bytes of one recorded value (float64 or int64 columns).
 RECORD_ITEMSIZE = 8
 #: Columns the table has besides the observables (chain, trajectory, accepted, delta_H).
-EXTRA_COLUMNS = 4
+EXTRA_COLUMNS = len(RESERVED_COLUMNS)
 #: A flow's layers and hidden channels when its spec does not give ``n_layers`` / ``hidden``.
 DEFAULT_LAYERS, DEFAULT_HIDDEN = 8, 8
 #: Activations kept per layer and hidden channel for the backward pass (at least one each).
 FLOW_KEPT = 1
+
+
+#: Texts (lower case) of the errors with which an allocation fails: the allocators' ``RuntimeError`` on the CPU
+#: and CUDA, numpy's, and a size beyond 64 bits (``TypeError`` / ``OverflowError`` / ``RuntimeError``).
+ALLOCATION_FAILURES = (
+    "can't allocate memory", "out of memory", "storage size calculation overflowed", "overflow when unpacking",
+    "int too big", "unable to allocate",
+)
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure to allocate memory: ``MemoryError``, ``torch.OutOfMemoryError``, or a
+    ``RuntimeError``, ``TypeError`` or ``OverflowError`` whose text is one of :data:`ALLOCATION_FAILURES`.
+
+    >>> is_allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 TB"))
+    True
+    >>> is_allocation_failure(RuntimeError("shape mismatch"))
+    False
+    """
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    if not isinstance(exc, (RuntimeError, TypeError, OverflowError)):
+        return False
+    text = str(exc).lower()
+    return any(failure in text for failure in ALLOCATION_FAILURES)
 
 
 class Estimate(dict):

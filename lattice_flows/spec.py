@@ -4,6 +4,9 @@ A spec section for a component is its name (``"leapfrog"``) or a table with a ``
 the component's parameters (``{"name": "leapfrog", "step_size": 0.1, "n_steps": 10}``). Every key
 is consumed; anything unknown, missing or ill-typed raises :class:`SpecError` with the path
 (``spec['sampler']['integrator']['step_size']``) and what was expected.
+
+This module sits below the base classes (whose ``from_spec`` / ``to_spec`` call it) and below the
+registries: it finds the registry of a kind in :data:`lattice_flows.kinds.REGISTRIES`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Mapping
 import attrs
 
 from .errors import ParameterError, SpecError, UnknownComponentError
+from .kinds import registry_of_kind
 
 __all__ = [
     "spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table", "differing_keys",
@@ -103,8 +107,6 @@ def build_from_params(cls: type, params: Mapping[str, Any], *, what: str, path: 
 
 def build_component(kind: str, section: Any, path: str, context: Mapping[str, Any]):
     """Build a component of ``kind`` (``"actions"``, ...) from its spec section."""
-    from .registry import registry_of_kind
-
     registry = registry_of_kind(kind)
     if isinstance(section, str):
         name, params = section, {}
@@ -125,8 +127,6 @@ def build_component(kind: str, section: Any, path: str, context: Mapping[str, An
 
 def component_spec(kind: str, component: Any) -> dict[str, Any]:
     """The spec section that rebuilds ``component``: ``{"name": ..., **parameters}``."""
-    from .registry import registry_of_kind
-
     return {"name": registry_of_kind(kind).name_of(type(component)), **component.to_spec()}
 
 
