@@ -132,8 +132,8 @@ class NestedLeapfrog(Integrator):
         validator=_check_inner_steps,
         metadata={
             "help": (
-                "inner steps per step of the next coarser level: one integer for every inner level, or a list "
-                "with one entry (>= 1) per inner level, coarsest first (3 levels: [n_1, n_2])"
+                "inner steps per step of the next coarser level: an integer for every inner level, or a list "
+                "with one entry (each >= 1) per inner level, coarsest first (three levels: two entries)"
             ),
             "type": "integer or list of integers",
         },
