@@ -24,9 +24,9 @@ def _anharmonic_split():
     return SplitForce(slow=lambda x: x**3, fast=lambda x: -0.6 * torch.sin(2 * x) + 4.0 * x)
 
 
-def _start(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+def _start(seed=0, device="cpu"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    return tuple(torch.randn(3, 4, generator=g, dtype=torch.float64, device=device) for _ in range(2))
 
 
 def test_one_inner_step_is_leapfrog_on_the_sum():
@@ -147,8 +147,8 @@ def test_split_force_keeps_its_two_part_spelling():
 
 
 @pytest.mark.parametrize("n_inner", [[2, 3], 2])
-def test_three_levels_are_reversible(n_inner):
-    x0, v0 = _start(5)
+def test_three_levels_are_reversible(n_inner, device):
+    x0, v0 = _start(5, device)
     integrator = NestedLeapfrog(step_size=0.2, n_steps=5, n_inner=n_inner)
     x1, v1 = integrator.integrate(x0, v0, _three_levels())
     x2, v2 = integrator.integrate(x1, -v1, _three_levels())

@@ -34,10 +34,10 @@ def hamiltonian_toys(fake_entry_points):
     return toys
 
 
-def _su2(n=6, batch=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def _su2(n=6, batch=3, seed=0, device="cpu"):
+    g = torch.Generator(device=device).manual_seed(seed)
     action = toys.SU2Toy(beta=BETA)
-    x = action.sample_prior(batch, (n,), generator=g, dtype=torch.float64, device="cpu")
+    x = action.sample_prior(batch, (n,), generator=g, dtype=torch.float64, device=device)
     p = toys.SU2.sample_momenta(x, g)
     return action, x, p
 
@@ -57,8 +57,8 @@ def test_su2_exponential_is_on_the_group_and_the_update_reverses():
     assert torch.allclose(m, as_matrix, rtol=0, atol=1e-13)
 
 
-def test_su2_force_is_the_lie_derivative_and_autograd_projects_onto_it():
-    action, x, _ = _su2(seed=1)
+def test_su2_force_is_the_lie_derivative_and_autograd_projects_onto_it(device):
+    action, x, _ = _su2(seed=1, device=device)
     analytic = action.force(x)
     autograd = toys.SU2AutogradToy(beta=BETA).force(x)
     assert autograd.shape == analytic.shape == (*x.shape[:-1], 3)
@@ -66,7 +66,7 @@ def test_su2_force_is_the_lie_derivative_and_autograd_projects_onto_it():
     # central differences along each generator acting from the left, one site at a time
     t = 1e-5
     for k in range(3):
-        direction = torch.zeros(*x.shape[:-1], 3, dtype=torch.float64)
+        direction = x.new_zeros(*x.shape[:-1], 3)
         direction[:, 2, k] = 1.0
         plus = action(toys.SU2.update_position(x.clone(), direction, t))
         minus = action(toys.SU2.update_position(x.clone(), direction, -t))
@@ -74,8 +74,9 @@ def test_su2_force_is_the_lie_derivative_and_autograd_projects_onto_it():
 
 
 @pytest.mark.parametrize("name", INTEGRATORS)
-def test_su2_integrators_are_reversible_and_stay_on_the_group(name):
-    action, x, p = _su2(seed=2)
+def test_su2_integrators_are_reversible_and_stay_on_the_group(name, device):
+    action, x, p = _su2(seed=2, device=device)
+    assert x.device.type == p.device.type == action.force(x).device.type == device.type
     integrator = INTEGRATORS[name]
     x1, p1 = integrator.integrate_on(x, p, action.force, toys.SU2)
     x2, p2 = integrator.integrate_on(x1, -p1, action.force, toys.SU2)
