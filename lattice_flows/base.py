@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .forces import SplitForce, autograd_force  # defined there, re-exported here for old imports
 from .params import integer, real
-from .phase_space import FLAT, PhaseSpace
+from .phase_space import FLAT, FlatPhaseSpace, PhaseSpace
 
 __all__ = ["autograd_force", "SplitForce", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
 
@@ -96,8 +96,8 @@ class Action(Component):
     def statistics(self) -> dict[str, Tensor]:
         """Per-chain work of this action since :meth:`refresh` made it: ``{name: (B,) tensor}``, e.g. the solver
         iterations of a pseudofermion force. The samplers add each as the table column ``action.<name>``
-        (so it cannot collide with an observable or ``accepted``/``delta_H``); empty by default (no column).
-        """
+        (a prefix that keeps it apart from the observables' columns and ``accepted``/``delta_H``); empty by
+        default (no column)."""
         return {}
 
     @abc.abstractmethod
@@ -217,8 +217,8 @@ class Integrator(Component):
         self, x: Tensor, v: Tensor, force: Callable[[Tensor], Tensor], phase_space: PhaseSpace = FLAT
     ) -> tuple[Tensor, Tensor]:
         """:meth:`integrate` on ``phase_space``, as the samplers call it; an integrator whose ``integrate``
-        takes no ``phase_space`` runs on :data:`FLAT` only (any other raises ``TypeError``)."""
-        if phase_space is FLAT:
+        takes no ``phase_space`` runs on a :class:`FlatPhaseSpace` only (any other raises ``TypeError``)."""
+        if type(phase_space) is FlatPhaseSpace:
             return self.integrate(x, v, force)
         if "phase_space" not in inspect.signature(self.integrate).parameters:
             raise TypeError(
