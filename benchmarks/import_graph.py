@@ -32,7 +32,7 @@ PACKAGE = "lattice_flows"
 #: one module of its layer, with all its files.
 LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("foundation", "errors, typed parameters, devices and ranks, files, small helpers: no component", (
-        "errors", "params", "phase_space", "angles", "distributed", "progress", "checkpoint", "specfile", "nn",
+        "errors", "params", "phase_space", "forces", "angles", "distributed", "progress", "checkpoint", "specfile", "nn",
         "resources", "kinds", "run_table",
     )),
     ("spec", "building components from spec sections, and sections from components", ("spec",)),

@@ -12,41 +12,19 @@ spec section and :meth:`Component.to_spec` gives the section back.
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import attrs
 import torch
 from torch import Tensor, nn
 
+from .forces import SplitForce, autograd_force  # defined there, re-exported here for old imports
 from .params import integer, real
-from .phase_space import FLAT, PhaseSpace
+from .phase_space import FLAT, FlatPhaseSpace, PhaseSpace
 from .spec import build_from_params, params_of
 
 __all__ = ["autograd_force", "SplitForce", "Component", "Action", "Flow", "Integrator", "Observable", "Sampler", "ChainState"]
-
-
-def autograd_force(action: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """``d action(x).sum() / dx`` by autograd (even inside ``no_grad``), same shape as ``x``, detached."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(action(x).sum(), x)
-    return grad
-
-
-@attrs.frozen
-class SplitForce:
-    """A force ``dS/dx`` written as ``slow(x) + fast(x)`` for multi-timescale integrators.
-
-    Calling it gives the sum, so every integrator accepts it; a nested integrator (see
-    ``nested_leapfrog``) integrates ``fast`` with a finer step than ``slow``. Which part is put on
-    the fine scale is the sampler's choice: the stiff part, or the cheap one.
-    """
-
-    slow: Callable[[Tensor], Tensor]
-    fast: Callable[[Tensor], Tensor]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.slow(x) + self.fast(x)
 
 
 class Component(abc.ABC):
@@ -93,8 +71,31 @@ class Action(Component):
         """``S`` per configuration: ``x`` of shape ``(B, *field_shape)`` -> ``(B,)``."""
 
     def force(self, x: Tensor) -> Tensor:
-        """``dS/dx``, same shape as ``x``. Autograd by default; override with the analytic form."""
-        return autograd_force(self, x)
+        """The force in the momentum coordinates of :attr:`phase_space`: ``dS/dx``, same shape as ``x``, on a
+        flat space. Autograd by default (through the phase space's ``gradient_to_force``, the identity on a
+        flat space); override with the analytic form."""
+        return self.phase_space.gradient_to_force(x, autograd_force(self, x))
+
+    def refresh(self, x: Tensor, generator: torch.Generator) -> "Action":
+        """The action of one trajectory: auxiliary fields drawn once, from their density given the fields ``x``.
+
+        An action with auxiliary fields ``phi`` (pseudofermions ``phi = D^dag eta``) has the joint density
+        ``exp(-S(x, phi))``; ``__call__`` is then the marginal action of ``x`` where it can be computed. The
+        samplers call ``refresh`` once per update with the chains' current ``x`` ``(B, *field_shape)`` and the
+        run's generator, and use what it returns, ``S(., phi)`` with ``phi ~ p(phi | x)`` held fixed, for the
+        Hamiltonian, the force and the Metropolis test of that update (a Gibbs step on ``phi``, then one on
+        ``x``: exact for the marginal). What it returns needs ``__call__``, ``force`` and :meth:`statistics`
+        (an instance of the action's class, or a small class of its own); the phase space and ``normalize``
+        stay the action's. Default: ``self``, no auxiliary field, no random number drawn.
+        """
+        return self
+
+    def statistics(self) -> dict[str, Tensor]:
+        """Per-chain work of this action since :meth:`refresh` made it: ``{name: (B,) tensor}``, e.g. the solver
+        iterations of a pseudofermion force. The samplers add each as the table column ``action.<name>``
+        (a prefix that keeps it apart from the observables' columns and ``accepted``/``delta_H``); empty by
+        default (no column)."""
+        return {}
 
     @abc.abstractmethod
     def sample_prior(
@@ -178,9 +179,12 @@ class Flow(nn.Module, abc.ABC):
 
 @attrs.frozen(kw_only=True)
 class Integrator(Component):
-    """A symplectic, reversible integrator of Hamilton's equations for ``H = v^2/2 + S(x)``.
+    """A symplectic, reversible integrator of Hamilton's equations for ``H = K(v) + S(x)``.
 
-    Unit masses: ``dx/dt = v``, ``dv/dt = -dS/dx``. The kinetic energy is ``sum v^2 / 2`` everywhere.
+    ``dx/dt = dK/dv`` and ``dv/dt = -F(x)``, through the action's phase space
+    (:mod:`lattice_flows.phase_space`): its ``update_position`` moves ``x``, the momenta ``v`` and the
+    force ``F`` share its momentum coordinates. On the default flat space (unit masses) ``K = sum v^2 / 2``
+    and ``x <- x + eps v``.
     """
 
     #: Order of the global error; the energy error per trajectory falls as ``step_size**order``.
@@ -190,11 +194,32 @@ class Integrator(Component):
     n_steps: int = integer(help="number of integration steps per trajectory", ge=1)
 
     @abc.abstractmethod
-    def integrate(self, x: Tensor, v: Tensor, force: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    def integrate(
+        self, x: Tensor, v: Tensor, force: Callable[[Tensor], Tensor], phase_space: PhaseSpace = FLAT
+    ) -> tuple[Tensor, Tensor]:
         """Integrate ``n_steps`` steps from ``(x, v)``; returns the new ``(x, v)``, same shapes.
 
-        ``force(x)`` returns ``dS/dx``; it may be a :class:`SplitForce`. Reversible: integrating from ``(x', -v')`` returns ``(x, -v)``.
+        ``force(x)`` returns the force in ``phase_space``'s momentum coordinates (``dS/dx`` on a flat space);
+        it may be a :class:`SplitForce`. Positions move only by ``phase_space.update_position``, momenta by
+        ``v -= c * F``. Reversible: integrating from ``(x', -v')`` returns ``(x, -v)``. An integrator written
+        before phase spaces existed has no ``phase_space`` argument: it still runs on flat phase spaces
+        (see :meth:`integrate_on`).
         """
+
+    def integrate_on(
+        self, x: Tensor, v: Tensor, force: Callable[[Tensor], Tensor], phase_space: PhaseSpace = FLAT
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`integrate` on ``phase_space``, as the samplers call it; an integrator whose ``integrate``
+        takes no ``phase_space`` runs on a :class:`FlatPhaseSpace` only (any other raises ``TypeError``)."""
+        if type(phase_space) is FlatPhaseSpace:
+            return self.integrate(x, v, force)
+        if "phase_space" not in inspect.signature(self.integrate).parameters:
+            raise TypeError(
+                f"{type(self).__name__}.integrate(x, v, force) takes no phase_space, so it can only integrate on a "
+                f"flat phase space, got {phase_space!r}: add the argument phase_space=FLAT and move x with "
+                "phase_space.update_position"
+            )
+        return self.integrate(x, v, force, phase_space)
 
     @property
     @abc.abstractmethod

@@ -22,7 +22,7 @@ import abc
 import torch
 from torch import Tensor
 
-__all__ = ["PhaseSpace", "FlatPhaseSpace", "FLAT"]
+__all__ = ["PhaseSpace", "FlatPhaseSpace", "FLAT", "DiagonalMass"]
 
 
 class PhaseSpace(abc.ABC):
@@ -44,6 +44,13 @@ class PhaseSpace(abc.ABC):
     @abc.abstractmethod
     def update_position(self, x: Tensor, p: Tensor, eps: float) -> Tensor:
         """``x`` moved along ``p`` for the time ``eps``: ``x + eps dK/dp`` on a flat space."""
+
+    def gradient_to_force(self, x: Tensor, grad: Tensor) -> Tensor:
+        """The force in momentum coordinates from the gradient ``dS/dx`` of the stored field ``x`` (what
+        autograd gives, same shape as ``x``): the identity on a flat space (the default); on a group the
+        derivatives along the generators, ``F_a = <grad, T_a x>``. Used by the autograd forces
+        (``Action.force``, FTHMC's latent force)."""
+        return grad
 
 
 class FlatPhaseSpace(PhaseSpace):
@@ -72,3 +79,41 @@ class FlatPhaseSpace(PhaseSpace):
 
 #: The phase space of every action that does not say otherwise.
 FLAT = FlatPhaseSpace()
+
+
+class DiagonalMass(PhaseSpace):
+    """A flat space with a diagonal mass matrix: ``p ~ N(0, m)``, ``K = sum p^2 / (2 m)``, ``x <- x + eps p / m``.
+
+    ``masses``: a positive tensor that broadcasts against one field, ``field_shape`` or a suffix of it (a
+    scalar gives every component the same mass); moved to the fields' device and dtype as they come. With
+    masses ``m_i`` a Gaussian ``S = x_i^2 / (2 sigma_i^2)`` has the frequencies ``1 / (sigma_i sqrt(m_i))``, so
+    ``m_i = 1 / sigma_i^2`` gives every mode the same period.
+
+    >>> ps = DiagonalMass(torch.tensor([1.0, 4.0]))
+    >>> ps.kinetic_energy(torch.tensor([[2.0, 2.0]]))
+    tensor([2.5000])
+    >>> ps.update_position(torch.zeros(1, 2), torch.tensor([[2.0, 2.0]]), 0.5)
+    tensor([[1.0000, 0.2500]])
+    """
+
+    def __init__(self, masses):
+        masses = torch.as_tensor(masses)
+        if not bool(torch.all(masses > 0)) or not bool(torch.all(torch.isfinite(masses))):
+            raise ValueError(f"DiagonalMass: expected finite positive masses, got {masses.tolist()!r}")
+        self.masses = masses
+
+    def _m(self, like: Tensor) -> Tensor:
+        return self.masses.to(device=like.device, dtype=like.dtype)
+
+    def sample_momenta(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        eta = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return eta * self._m(x).sqrt()
+
+    def kinetic_energy(self, p: Tensor) -> Tensor:
+        return 0.5 * (p.square() / self._m(p)).flatten(1).sum(dim=1)
+
+    def update_position(self, x: Tensor, p: Tensor, eps: float) -> Tensor:
+        return x.add_(p / self._m(p), alpha=eps)
+
+    def __repr__(self) -> str:
+        return f"DiagonalMass({self.masses.tolist()!r})"

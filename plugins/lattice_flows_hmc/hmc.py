@@ -11,9 +11,11 @@ from torch import Tensor
 from lattice_flows import Action, ChainState, Integrator, Sampler, distributed
 from lattice_flows.errors import ParameterError
 from lattice_flows.params import component, real
+from lattice_flows.phase_space import FLAT, PhaseSpace
 
 __all__ = [
-    "HMC", "StepSizeTuning", "kinetic_energy", "metropolis", "select", "tune_step_size", "tuning_report", "target_acceptance", "trajectory_length",
+    "HMC", "StepSizeTuning", "kinetic_energy", "metropolis", "select", "statistics_columns", "tune_step_size", "tuning_report",
+    "target_acceptance", "trajectory_length",
 ]
 
 
@@ -115,8 +117,18 @@ def tuning_report(original, tuned) -> str | None:
 
 
 def kinetic_energy(v: Tensor) -> Tensor:
-    """``sum v^2 / 2`` per configuration: ``(B, ...)`` -> ``(B,)``. The only kinetic energy used anywhere."""
-    return 0.5 * v.square().flatten(1).sum(dim=1)
+    """The flat kinetic energy ``sum v^2 / 2`` per configuration: ``(B, ...)`` -> ``(B,)`` (:data:`FLAT`'s).
+
+    The samplers use the action's phase space instead (``action.phase_space.kinetic_energy``), which is this
+    one unless the theory says otherwise.
+    """
+    return FLAT.kinetic_energy(v)
+
+
+def statistics_columns(dynamics) -> dict[str, Tensor]:
+    """The per-trajectory statistics of the action an update used (what ``Action.refresh`` returned), as table
+    columns: ``{"action.<name>": (B,) tensor}``; empty for an action without any (the default)."""
+    return {f"action.{name}": value for name, value in dynamics.statistics().items()}
 
 
 def metropolis(delta_H: Tensor, generator: torch.Generator) -> Tensor:
@@ -147,10 +159,13 @@ class StepSizeTuning:
 
 @attrs.frozen(kw_only=True)
 class HMC(StepSizeTuning, Sampler):
-    """HMC with momenta ``v ~ N(0, 1)``, ``H = v^2/2 + S(x)``, any registered integrator.
+    """HMC with ``H = K(v) + S(x)`` on the action's phase space, any registered integrator.
 
     One step is one trajectory of ``integrator.n_steps`` steps for every chain at once, followed
-    by a Metropolis test per chain.
+    by a Metropolis test per chain: the action's auxiliary fields drawn (:meth:`Action.refresh`; none by
+    default), momenta from ``action.phase_space.sample_momenta`` (``v ~ N(0, 1)`` on a flat space, where
+    ``K = v^2/2``), the trajectory with the refreshed action's force, the test with its ``H``. The
+    refreshed action's :meth:`Action.statistics` become the columns ``action.<name>``.
     """
 
     example_params = {"integrator": {"name": "leapfrog", "step_size": 0.1, "n_steps": 10}}
@@ -159,15 +174,25 @@ class HMC(StepSizeTuning, Sampler):
     target_acceptance: float = target_acceptance()
     trajectory_length: float = trajectory_length()
 
-    def trajectory(self, x: Tensor, v: Tensor, action: Action) -> tuple[Tensor, Tensor, Tensor]:
-        """Integrate from ``(x, v)``; returns ``(x', v', delta_H)`` without accepting anything."""
-        h0 = kinetic_energy(v) + action(x)
-        x1, v1 = self.integrator.integrate(x, v, action.force)
-        return x1, v1, kinetic_energy(v1) + action(x1) - h0
+    def trajectory(
+        self, x: Tensor, v: Tensor, action: Action, phase_space: PhaseSpace | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Integrate from ``(x, v)``; returns ``(x', v', delta_H)`` without accepting anything.
+
+        ``H = K(v) + S(x)`` with ``K`` of ``phase_space`` (default: ``action.phase_space``); ``action`` is the
+        one the trajectory runs with (what :meth:`Action.refresh` returned, for an action with auxiliary fields).
+        """
+        phase_space = action.phase_space if phase_space is None else phase_space
+        h0 = phase_space.kinetic_energy(v) + action(x)
+        x1, v1 = self.integrator.integrate_on(x, v, action.force, phase_space)
+        return x1, v1, phase_space.kinetic_energy(v1) + action(x1) - h0
 
     def step(self, state: ChainState, action: Action, generator: torch.Generator):
         x = state.x
-        v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x1, _, delta_H = self.trajectory(x, v, action)
+        dynamics = action.refresh(x, generator)  # auxiliary fields for this trajectory (none by default)
+        phase_space = action.phase_space
+        v = phase_space.sample_momenta(x, generator)
+        x1, _, delta_H = self.trajectory(x, v, dynamics, phase_space)
         accepted = metropolis(delta_H, generator)
-        return ChainState(x=action.normalize(select(accepted, x1, x))), {"accepted": accepted, "delta_H": delta_H}
+        info = {"accepted": accepted, "delta_H": delta_H, **statistics_columns(dynamics)}
+        return ChainState(x=action.normalize(select(accepted, x1, x))), info
