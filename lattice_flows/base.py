@@ -58,6 +58,12 @@ class Action(Component):
     #: Momenta, kinetic energy and position update of its fields (:mod:`lattice_flows.phase_space`);
     #: flat by default. Integrators and samplers go through it; :meth:`force` is in its momentum coordinates.
     phase_space: ClassVar[PhaseSpace] = FLAT
+    #: Lattice shapes the contract kit (:mod:`lattice_flows.testing`) checks it on; empty: a side-4 hypercube
+    #: and an uneven lattice (sides 3, 4, ...) for each of :attr:`dimensions`.
+    example_lattices: ClassVar[tuple[tuple[int, ...], ...]] = ()
+    #: The period of every field entry, if the field is defined modulo one (``2 pi`` for angles): ``S`` and
+    #: the observables are unchanged by ``x -> x + period * k``, integer ``k``; the contract kit checks it.
+    period: ClassVar[float | None] = None
 
     @abc.abstractmethod
     def field_shape(self, lattice_shape: Sequence[int]) -> tuple[int, ...]:
@@ -148,6 +154,9 @@ class Flow(nn.Module, abc.ABC):
     equivariant: ClassVar[bool] = True
     #: Parameters that build a small, typical instance; used by the contract tests and the docs.
     example_params: ClassVar[Mapping[str, Any]] = {}
+    #: Lattice shapes the contract kit checks it on; empty: the smallest that :meth:`check_lattice` accepts
+    #: among the action's test lattices with sides multiplied by 1 to 4 (:func:`lattice_flows.testing.flow_lattices`).
+    example_lattices: ClassVar[tuple[tuple[int, ...], ...]] = ()
 
     def __init__(self, config: Any, lattice_shape: Sequence[int]):
         super().__init__()
@@ -266,6 +275,10 @@ class ChainState:
 
 class Sampler(Component):
     """A Markov-chain (or independent) sampler advancing ``B`` chains at once."""
+
+    #: The theories it samples (``None``: any). Its :meth:`check_action` refuses the others; the contract kit
+    #: checks that, and requires every other pairing with an action to build and pass.
+    theories: ClassVar[tuple[str, ...] | None] = None
 
     def check_action(self, action: Action) -> None:
         """Raise ``ValueError`` if this sampler cannot sample ``action``'s theory. Accepts all by default."""

@@ -1,7 +1,9 @@
 """Test options and fixtures: ``--device`` and ``--dtype`` for the tensors the tests make, seeds for all.
 
 Property tests run on CUDA when a GPU is present (``--device cuda`` is the default there) and on
-the CPU otherwise; ``--dtype float32`` reruns them in single precision with looser tolerances.
+the CPU otherwise; ``--dtype float32`` reruns them in single precision with looser tolerances. The two
+options and the ``device``, ``dtype`` and ``tol`` fixtures come from the contract kit's pytest plugin,
+:mod:`lattice_flows.testing.pytest_plugin`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# --device, --dtype and the device, dtype and tol fixtures, as a plugin's tests get them from the kit.
+pytest_plugins = ["lattice_flows.testing.pytest_plugin"]
+
 settings.register_profile(
     "default",
     deadline=None,
@@ -25,9 +30,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_addoption(parser):
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.addoption("--device", default=default_device, help=f"torch device for test tensors (default: {default_device})")
-    parser.addoption("--dtype", default="float64", choices=["float64", "float32"], help="dtype for test tensors")
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
@@ -44,22 +46,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def device(pytestconfig) -> torch.device:
-    return torch.device(pytestconfig.getoption("--device"))
-
-
-@pytest.fixture(scope="session")
-def dtype(pytestconfig) -> torch.dtype:
-    return getattr(torch, pytestconfig.getoption("--dtype"))
-
-
-@pytest.fixture(scope="session")
-def tol(dtype) -> float:
-    """Relative tolerance for round-off-level comparisons in the session's dtype."""
-    return 1e-10 if dtype == torch.float64 else 2e-4
 
 
 @pytest.fixture

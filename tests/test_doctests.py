@@ -1,24 +1,29 @@
-"""The examples in the core's docstrings run and give what they show."""
+"""The examples in the docstrings of the core and of the built-in plugins run and give what they show.
+
+(The XY package runs its own, in ``plugins/lattice-flows-xy/tests``, with the same kit function.)
+"""
 
 from __future__ import annotations
 
-import doctest
-import importlib
-import pkgutil
-
 import pytest
 
-import lattice_flows
+from lattice_flows import testing
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(lattice_flows.__path__, "lattice_flows.") if m.name != "lattice_flows.__main__")
+PACKAGES = ["lattice_flows", "lattice_flows_u1", "lattice_flows_phi4", "lattice_flows_hmc"]
+MODULES = [name for package in PACKAGES for name in testing.package_modules(package)]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    failures, _ = doctest.testmod(importlib.import_module(name), raise_on_error=False, optionflags=doctest.ELLIPSIS)
-    assert failures == 0
+    testing.check_doctests(name)
 
 
-def test_the_core_has_examples():
-    attempted = sum(doctest.testmod(importlib.import_module(n), report=False).attempted for n in MODULES)
-    assert attempted >= 6
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_is_walked(package):
+    assert package in MODULES and any(m.startswith(package + ".") for m in MODULES)
+
+
+def test_the_core_and_the_plugins_have_examples():
+    attempted = {p: sum(testing.check_doctests(m) for m in MODULES if m.split(".")[0] == p) for p in PACKAGES}
+    assert attempted["lattice_flows"] >= 6, attempted
+    assert sum(attempted.values()) > attempted["lattice_flows"], attempted

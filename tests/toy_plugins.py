@@ -46,6 +46,7 @@ class GaussianAction(Action):
 
 class AffineFlow(Flow):
     theory: ClassVar[str] = "gaussian"
+    equivariant: ClassVar[bool] = False  # the shift b breaks the symmetry x -> -x of the Gaussian
 
     @attrs.frozen(kw_only=True)
     class Config:

@@ -28,6 +28,7 @@ class U1Wilson(Action):
     theory: ClassVar[str] = "u1"
     dimensions: ClassVar[tuple[int, ...]] = (2,)
     example_params: ClassVar[dict] = {"beta": 2.0}
+    period: ClassVar[float] = 2 * math.pi  # link angles
 
     #: Largest beta accepted: the exact finite-volume values that every summary compares with (the
     #: character sums of :mod:`lattice_flows_u1.exact`) grow about tenfold in cost per decade of beta

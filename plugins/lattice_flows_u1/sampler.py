@@ -20,6 +20,8 @@ class U1Exact(Sampler):
     The ideal sampler to compare others against; ``accepted`` is always true and ``delta_H`` zero.
     """
 
+    theories = ("u1",)  # and of those only u1_wilson (check_action)
+
     def check_action(self, action: Action) -> None:
         if not isinstance(action, U1Wilson):
             raise ValueError(f"u1_exact samples only the u1_wilson action, got {type(action).__name__}")

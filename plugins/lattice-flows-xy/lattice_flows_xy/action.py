@@ -39,6 +39,7 @@ class XY(Action):
     theory: ClassVar[str] = "xy"
     dimensions: ClassVar[tuple[int, ...]] = (2, 3)
     example_params: ClassVar[dict] = {"beta": 0.8}
+    period: ClassVar[float] = 2 * math.pi  # angles: the contract kit checks S(theta + 2 pi k) = S(theta)
 
     beta: float = real(help="inverse temperature beta = J / T (> 0)", gt=0.0)
 
