@@ -191,7 +191,7 @@ class PlaquetteCouplingFlow(Flow):
             need_state = torch.is_grad_enabled() and (plaq.requires_grad or any(p.requires_grad for p in params))
             layer = (plan, net, self.circle_map, mu, offset, need_state)
             return fused.CouplingLayer.apply(plaq, mask, layer, *params)
-        return plain.layer(plaq, mask, net, self.circle_map, mu, offset, params)
+        return plain.layer(plaq, mask, net, self.circle_map, mu, offset, params, plain_map=True)
 
     def _params(self, i: int, plaq: Tensor, plan: fused.Plan) -> Tensor:
         """Raw circle-map parameters of layer ``i`` on its active plaquettes, ``(n_params, *S)``."""
