@@ -4,6 +4,11 @@
     # 2 mixture components, batch 64, 8x8, float32), median of several timed blocks
     python benchmarks/train_flows.py speed
 
+    # the kernel A/B of the coupling layers: the fused path (hand-written backward), the plain autograd
+    # path and torch.compile of the plain path, on 8x8 and 16x16, one thread, also FTHMC trajectories/s
+    python benchmarks/train_flows.py --threads 1 speed --paths fused plain compile --shapes 8 16 \
+        --cases ncp spline --fthmc
+
     # ESS (on 1024 fresh samples) against training time for one spec, saving the trained flow
     python benchmarks/train_flows.py ess benchmarks/specs/u1_b2_8x8_ncp.toml --minutes 10 --save b2.pt
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import attrs
@@ -27,6 +33,7 @@ import torch
 
 from lattice_flows import Simulation
 from lattice_flows.specfile import load_spec
+from lattice_flows_u1.flows import coupling
 
 SPECS = Path(__file__).parent / "specs"
 
@@ -49,8 +56,23 @@ REFERENCE = {
 }
 
 
+#: The flows of ``speed --cases``: the reference and its variants (``--paths`` changes only the coupling flows).
+CASES = {
+    "ncp": REFERENCE,
+    "ncp+rect": {**REFERENCE, "flow": {**REFERENCE["flow"], "rectangles": True}},
+    "spline": {**REFERENCE, "flow": {**REFERENCE["flow"], "kernel": "spline", "n_bins": 8, "rectangles": True}},
+    "stout": {**REFERENCE, "flow": {"name": "u1_stout", "n_layers": 16, "hidden": [8, 8], "kernel_size": 3}},
+}
+
+
+def case_spec(case: str, L: int, device: str) -> dict:
+    """The spec of ``speed`` case ``case`` on an ``L x L`` lattice on ``device``."""
+    return {**CASES[case], "lattice": {"shape": [L, L]}, "device": device}
+
+
 def steps_per_second(spec: dict, blocks: int = 5, seconds: float = 3.0) -> tuple[float, float]:
-    """Median and best of ``blocks`` measurements of training steps per second."""
+    """Median and best of ``blocks`` measurements of training steps per second (after a warm-up of a
+    second or more: the steps that ``torch.compile`` spends compiling are not timed)."""
     sim = Simulation.from_spec(spec)
     rates = []
     sim.training = attrs.evolve(sim.training, max_seconds=1.0)
@@ -64,16 +86,52 @@ def steps_per_second(spec: dict, blocks: int = 5, seconds: float = 3.0) -> tuple
     return statistics.median(rates), max(rates)
 
 
+def fthmc_trajectories_per_second(spec: dict, blocks: int = 5, seconds: float = 3.0, n_chains: int = 16) -> tuple[float, float]:
+    """Median and best of ``blocks`` measurements of FTHMC trajectories per second through the
+    (untrained) flow of ``spec``, ``n_chains`` chains, 10 leapfrog steps (each one force through the flow)."""
+    spec = {**spec, "n_chains": n_chains,
+            "sampler": {"name": "fthmc", "integrator": {"name": "leapfrog", "step_size": 0.05, "n_steps": 10}}}
+    sim = Simulation.from_spec(spec)
+    generator = sim.generator()
+    state = sim.sampler.init(sim.initial_fields(generator), sim.action)
+    for _ in range(2):  # warm-up (compiles the forward and its backward on the compile path)
+        state, _ = sim.sampler.step(state, sim.action, generator)
+    rates = []
+    for _ in range(blocks):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            state, _ = sim.sampler.step(state, sim.action, generator)
+            n += 1
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates), max(rates)
+
+
 def cmd_speed(args):
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    cases = {"ncp (reference)": REFERENCE}
-    cases["ncp+rectangles"] = {**REFERENCE, "flow": {**REFERENCE["flow"], "rectangles": True}}
-    cases["spline+rect."] = {**REFERENCE, "flow": {**REFERENCE["flow"], "kernel": "spline", "n_bins": 8, "rectangles": True}}
-    cases["stout"] = {**REFERENCE, "flow": {"name": "u1_stout", "n_layers": 16, "hidden": [8, 8], "kernel_size": 3}}
-    print(f"{'flow':>16} {'median steps/s':>15} {'best steps/s':>13}")
-    for label, spec in cases.items():
-        median, best = steps_per_second(spec, args.blocks, args.seconds)
-        print(f"{label:>16} {median:>15.1f} {best:>13.1f}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"{args.blocks} blocks of {args.seconds} s, batch {REFERENCE['training']['batch_size']}, {REFERENCE['dtype']}")
+    rows = []
+    print(f"{'flow':>9} {'path':>8} {'L':>3} {'what':>9} {'median/s':>9} {'best/s':>8} {'vs fused':>9}", flush=True)
+    for case in args.cases:
+        paths = args.paths if CASES[case]["flow"]["name"] == "u1_plaquette_coupling" else args.paths[:1]
+        for L in args.shapes:
+            measures = [("train", steps_per_second)] + ([("fthmc", fthmc_trajectories_per_second)] if args.fthmc else [])
+            for what, measure in measures:
+                fused = None
+                for path in paths:
+                    previous = coupling.set_kernel_path(path)
+                    try:
+                        median, best = measure(case_spec(case, L, args.device), args.blocks, args.seconds)
+                    except Exception as error:  # torch.compile may fail on a machine (no compiler, say)
+                        print(f"{case:>9} {path:>8} {L:>3} {what:>9} failed: {type(error).__name__}: {error}", flush=True)
+                        continue
+                    finally:
+                        coupling.set_kernel_path(previous)
+                    if path == "fused":
+                        fused = median
+                    ratio = f"{median / fused:.2f}" if fused else "-"
+                    rows.append((case, path, L, what, median, best))
+                    print(f"{case:>9} {path:>8} {L:>3} {what:>9} {median:>9.1f} {best:>8.1f} {ratio:>9}", flush=True)
+    return rows
 
 
 def train_with_ess(sim: Simulation, minutes: float, n_points: int, n_eval: int, label: str = "") -> list[dict]:
@@ -144,6 +202,12 @@ def main():
     p = sub.add_parser("speed")
     p.add_argument("--blocks", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--paths", nargs="+", choices=coupling.KERNEL_PATHS, default=["fused"],
+                   help="kernel paths of the coupling layers to time (lattice_flows_u1.flows.coupling)")
+    p.add_argument("--shapes", type=int, nargs="+", default=[8], help="lattice sizes L (L x L, multiples of 4)")
+    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="flows to time")
+    p.add_argument("--fthmc", action="store_true", help="also FTHMC trajectories per second (16 chains, 10 steps)")
+    p.add_argument("--device", default="cpu", help="torch device of the runs: cpu, cuda, ...")
     p.set_defaults(func=cmd_speed)
     for name, func in (("ess", cmd_ess), ("matrix", cmd_matrix), ("transfer", cmd_transfer)):
         p = sub.add_parser(name)

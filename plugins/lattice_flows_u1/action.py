@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Sequence
 
 import attrs
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lattice_flows import Action
+from lattice_flows.angles import uniform_angles, uniform_log_prob
 from lattice_flows.params import real
 
 from .geometry import plaquette_angles, random_gauge_transform, wrap
@@ -67,12 +67,11 @@ class U1Wilson(Action):
 
     def sample_prior(self, n, lattice_shape, *, generator, dtype, device) -> Tensor:
         """Haar-random links: angles uniform in ``[-pi, pi)``, shape ``(n, 2, L_0, L_1)``."""
-        u = torch.rand((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
-        return (2 * u - 1) * math.pi
+        return uniform_angles((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """Uniform density ``(2 pi)^(-2V)`` on ``[-pi, pi)^(2V)``, ``(B,)``."""
-        return x.new_full((x.shape[0],), -x[0].numel() * math.log(2 * math.pi))
+        return uniform_log_prob(x)
 
     def normalize(self, x: Tensor) -> Tensor:
         return wrap(x)

@@ -25,6 +25,8 @@ import numbers
 import torch
 from torch import Tensor
 
+from lattice_flows.angles import uniform_angles
+
 from .geometry import random_gauge_transform, wrap
 
 __all__ = ["sample_exact", "links_from_plaquettes"]
@@ -78,7 +80,7 @@ def sample_exact(
         theta[pending[keep]] = torch.cat([free[keep], last[keep]], dim=1)
         pending = pending[~keep]
 
-    holonomies = (2.0 * torch.rand(n_configs, 2, **factory) - 1.0) * math.pi
+    holonomies = uniform_angles((n_configs, 2), **factory)
     x = links_from_plaquettes(theta.reshape(n_configs, L0, L1), holonomies)
     return wrap(random_gauge_transform(x, generator=generator))
 
@@ -120,7 +122,7 @@ def _von_mises(beta: float, shape: tuple[int, ...], *, generator, dtype, device)
     pending = torch.arange(out.numel(), device=device)
     while pending.numel() > 0:
         factory = dict(generator=generator, dtype=dtype, device=device)
-        proposal = (2.0 * torch.rand(pending.numel(), **factory) - 1.0) * math.pi
+        proposal = uniform_angles((pending.numel(),), **factory)
         u = torch.rand(pending.numel(), **factory)
         accept = u < torch.exp(beta * (torch.cos(proposal) - 1.0))
         out[pending[accept]] = proposal[accept]

@@ -2,15 +2,16 @@
 
 A batch of fields is a real tensor of link angles ``x`` of shape ``(B, 2, L_0, L_1)``:
 ``x[:, mu, n_0, n_1]`` is the angle of the link ``U_mu(n) = exp(i x_mu(n))``, in radians.
-Boundaries are periodic. ``shift(t, mu)`` returns ``t(n + e_mu)``.
+Boundaries are periodic. ``shift(t, mu)`` returns ``t(n + e_mu)``. ``wrap`` is
+:func:`lattice_flows.angles.wrap`, kept here under its old name.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from lattice_flows.angles import uniform_angles, wrap
 
 __all__ = ["shift", "plaquette_angles", "wrap", "gauge_transform", "random_gauge_transform"]
 
@@ -32,13 +33,6 @@ def plaquette_angles(x: Tensor) -> Tensor:
     return p
 
 
-def wrap(theta: Tensor) -> Tensor:
-    """Angles folded into ``[-pi, pi)``, same shape."""
-    # floor is several times faster than torch.remainder on the CPU; both give [-pi, pi) up to round-off.
-    turns = torch.mul(theta, 1 / (2 * math.pi)).add_(0.5).floor_()
-    return torch.add(theta, turns, alpha=-2 * math.pi)
-
-
 def gauge_transform(x: Tensor, a: Tensor) -> Tensor:
     """``x_mu(n) + a(n) - a(n + e_mu)`` for site angles ``a`` of shape ``(B, L_0, L_1)``."""
     return torch.stack([x[:, mu] + a - shift(a, mu) for mu in range(2)], dim=1)
@@ -46,5 +40,4 @@ def gauge_transform(x: Tensor, a: Tensor) -> Tensor:
 
 def random_gauge_transform(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``x`` under a gauge transformation with uniform random site angles in ``[-pi, pi)``."""
-    a = torch.rand(x[:, 0].shape, generator=generator, device=x.device, dtype=x.dtype)
-    return gauge_transform(x, (2 * a - 1) * math.pi)
+    return gauge_transform(x, uniform_angles(x[:, 0].shape, generator=generator, dtype=x.dtype, device=x.device))

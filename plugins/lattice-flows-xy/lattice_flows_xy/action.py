@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Sequence
 
 import attrs
@@ -10,14 +9,10 @@ import torch
 from torch import Tensor
 
 from lattice_flows import Action
+from lattice_flows.angles import uniform_angles, uniform_log_prob, wrap
 from lattice_flows.params import real
 
 __all__ = ["XY", "wrap", "link_differences"]
-
-
-def wrap(theta: Tensor) -> Tensor:
-    """Angles folded into ``[-pi, pi)``, same shape."""
-    return theta - 2 * math.pi * torch.floor((theta + math.pi) / (2 * math.pi))
 
 
 def link_differences(theta: Tensor, mu: int) -> Tensor:
@@ -64,12 +59,11 @@ class XY(Action):
 
     def sample_prior(self, n, lattice_shape, *, generator, dtype, device) -> Tensor:
         """Uniform angles in ``[-pi, pi)`` (the ``beta = 0`` distribution), shape ``(n, *lattice_shape)``."""
-        u = torch.rand((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
-        return (2 * u - 1) * math.pi
+        return uniform_angles((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
 
     def prior_log_prob(self, theta: Tensor) -> Tensor:
         """Uniform density ``(2 pi)^(-V)`` on ``[-pi, pi)^V``, ``(B,)``."""
-        return theta.new_full((theta.shape[0],), -theta[0].numel() * math.log(2 * math.pi))
+        return uniform_log_prob(theta)
 
     def normalize(self, theta: Tensor) -> Tensor:
         return wrap(theta)
@@ -78,7 +72,7 @@ class XY(Action):
         """Each configuration rotated by its own uniform angle ``c`` in ``[-pi, pi)`` and translated by
         its own uniformly drawn shift."""
         batch, shape = theta.shape[0], theta.shape[1:]
-        c = (2 * torch.rand(batch, generator=generator, dtype=theta.dtype, device=theta.device) - 1) * math.pi
+        c = uniform_angles((batch,), generator=generator, dtype=theta.dtype, device=theta.device)
         shifts = [torch.randint(0, L, (batch,), generator=generator, device=theta.device).tolist() for L in shape]
         dims = tuple(range(len(shape)))
         moved = [torch.roll(theta[b], tuple(s[b] for s in shifts), dims=dims) for b in range(batch)]

@@ -13,7 +13,8 @@ a network output laid out channels-first), raw (unconstrained) network outputs.
   Rezende et al. arXiv:2002.02428), inverted in closed form.
 
 ``forward(x, params) -> (h(x), log h'(x))`` and ``inverse(y, params) -> (h^{-1}(y), log (h^{-1})'(y))``;
-both return angles in ``[-pi, pi)`` exactly (:func:`wrap_exact`: ``pi`` rounded to the dtype is excluded,
+both return angles in ``[-pi, pi)`` exactly (:func:`lattice_flows.angles.wrap_exact`, importable from here
+too: ``pi`` rounded to the dtype is excluded,
 ``-pi`` included) and accept any real input (it is read modulo ``2 pi``).
 ``displacement(x, params) -> (d, log h'(x))`` gives ``d = h(x) - x`` modulo ``2 pi``, unreduced, which is
 all a coupling layer needs (it saves the reductions). All-zero parameters give the identity.
@@ -22,7 +23,6 @@ all a coupling layer needs (it saves the reductions). All-zero parameters give t
 from __future__ import annotations
 
 import abc
-import functools
 import math
 
 import attrs
@@ -30,39 +30,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..geometry import wrap
+from lattice_flows.angles import pi_of, wrap, wrap_exact
 
 __all__ = ["CircleMap", "NCP", "CircularSpline", "rational_quadratic_root", "wrap_exact"]
-
-
-def wrap_exact(theta: Tensor) -> Tensor:
-    """Angles folded into ``[-pi, pi)`` exactly, same shape and dtype: ``-pi <= result < pi`` with ``pi``
-    rounded to the dtype (``float32``'s ``pi`` is ``3.14159274``, above the real one).
-
-    :func:`~lattice_flows_u1.geometry.wrap` is right only up to round-off: an angle just below
-    ``pi`` can come back just below ``-pi``, and a value just outside the interval (a spline's knot
-    ``-pi + sum of widths``, say) can stay outside. The one or two values per tensor that do are
-    moved by a turn; ``2 pi`` and ``pi`` differ by a power of two, so the move itself rounds into the
-    interval. NaN stays NaN. Differentiable (the moves are constants).
-
-    >>> import torch
-    >>> pi = torch.tensor(math.pi, dtype=torch.float32)
-    >>> x = torch.stack([pi, torch.nextafter(pi, -pi), -pi, torch.nextafter(-pi, 2 * -pi)])
-    >>> y = wrap_exact(x)
-    >>> bool(((y >= -pi) & (y < pi)).all()), float(y[0]) == -float(pi)
-    (True, True)
-    """
-    r = wrap(theta)
-    pi = pi_of(r.dtype)
-    with torch.no_grad():  # the turns to add, -1, 0 or 1: constants, so one autograd node in all
-        turns = (r < -pi).to(r.dtype).sub_((r >= pi).to(r.dtype))
-    return torch.add(r, turns, alpha=2 * pi)
-
-
-@functools.lru_cache(maxsize=None)
-def pi_of(dtype: torch.dtype) -> float:
-    """``pi`` rounded to ``dtype``, as a Python float (``3.1415927410125732`` for ``float32``)."""
-    return float(torch.tensor(math.pi, dtype=dtype))
 
 
 class CircleMap(abc.ABC):
@@ -83,6 +53,11 @@ class CircleMap(abc.ABC):
     @abc.abstractmethod
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``(h^{-1}(y), log (h^{-1})'(y))`` with ``h^{-1}(y)`` in ``[-pi, pi)``; shapes as in :meth:`forward`."""
+
+    def displacement_plain(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`displacement` in ordinary differentiable torch operations (no custom autograd node),
+        for the ``plain`` and ``compile`` kernel paths of :mod:`.coupling`. By default :meth:`displacement`."""
+        return self.displacement(x, params)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``(h(x), log h'(x))``, ``h(x)`` in ``[-pi, pi)``, for ``x`` ``(*S)`` and ``params`` ``(n_params, *S)``."""
@@ -205,9 +180,11 @@ class NCP(CircleMap):
         g, logd = self._mixture(x, params[:-1])
         return wrap_exact(g + params[-1]), logd
 
-    def _displacement_reference(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    def displacement_plain(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         g, logd = self._mixture(x, params[:-1])
         return g + params[-1] - x, logd
+
+    _displacement_reference = displacement_plain
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         s, t = params[:-1], params[-1]
