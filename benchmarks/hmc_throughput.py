@@ -8,6 +8,7 @@ with an autograd force, as research codes write it.
 
     python benchmarks/hmc_throughput.py                # float32, L = 8..64, 1 and 64 chains
     python benchmarks/hmc_throughput.py --dtype float64 --sizes 16 --chains 1 64
+    python benchmarks/hmc_throughput.py --device cuda  # on a GPU (timings synchronize the device)
 """
 
 from __future__ import annotations
@@ -22,19 +23,27 @@ import torch
 from lattice_flows import Simulation
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_trajectories(step, n_trajectories: int, repeats: int) -> float:
-    """Median seconds per trajectory of ``step()`` over ``repeats`` batches of ``n_trajectories``."""
+    """Median seconds per trajectory of ``step()`` over ``repeats`` batches of ``n_trajectories``
+    (the GPU, if one is used, is synchronized before each clock reading)."""
     step()  # warm-up
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         for _ in range(n_trajectories):
             step()
+        _synchronize()
         times.append((time.perf_counter() - start) / n_trajectories)
     return statistics.median(times)
 
 
-def lattice_flows_step(L: int, n_chains: int, dtype: str, n_steps: int):
+def lattice_flows_step(L: int, n_chains: int, dtype: str, n_steps: int, device: str = "cpu"):
     sim = Simulation.from_spec(
         {
             "lattice": {"shape": [L, L]},
@@ -43,6 +52,7 @@ def lattice_flows_step(L: int, n_chains: int, dtype: str, n_steps: int):
             "observables": [],
             "n_chains": n_chains,
             "dtype": dtype,
+            "device": device,
         }
     )
     generator = sim.generator()
@@ -55,10 +65,10 @@ def lattice_flows_step(L: int, n_chains: int, dtype: str, n_steps: int):
     return step
 
 
-def straightforward_step(L: int, dtype: str, n_steps: int, beta: float = 3.0):
+def straightforward_step(L: int, dtype: str, n_steps: int, beta: float = 3.0, device: str = "cpu"):
     """One chain, plaquettes by roll, force by autograd, leapfrog written out: the usual research code."""
     dt = getattr(torch, dtype)
-    x = [(torch.rand(2, L, L, dtype=dt) * 2 - 1) * math.pi]
+    x = [(torch.rand(2, L, L, dtype=dt, device=device) * 2 - 1) * math.pi]
     eps = 1.0 / n_steps
 
     def action(u):
@@ -81,7 +91,7 @@ def straightforward_step(L: int, dtype: str, n_steps: int, beta: float = 3.0):
                 p = p - eps * force(u)
         p = p - 0.5 * eps * force(u)
         h1 = 0.5 * torch.sum(p * p) + action(u)
-        if torch.rand(()) < torch.exp(h0 - h1):
+        if torch.rand((), device=u.device) < torch.exp(h0 - h1):
             x[0] = u.detach()
 
     return step
@@ -95,14 +105,15 @@ def main():
     parser.add_argument("--n-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=0.5, help="approximate seconds per repeat")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, leapfrog n_steps={args.n_steps}")
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {args.dtype}, leapfrog n_steps={args.n_steps}")
     print(f"{'L':>4} {'chains':>6} {'s/trajectory':>13} {'Mlink-updates/s':>16} {'s/traj/chain':>13}")
     per_traj = {}
     for L in args.sizes:
         for n_chains in args.chains:
-            step = lattice_flows_step(L, n_chains, args.dtype, args.n_steps)
+            step = lattice_flows_step(L, n_chains, args.dtype, args.n_steps, args.device)
             probe = time_trajectories(step, 1, 1)
             n = max(1, int(args.budget / max(probe, 1e-6)))
             t = time_trajectories(step, n, args.repeats)
@@ -115,7 +126,7 @@ def main():
             print(f"L={L}: 64 chains cost {per_traj[(L, 64)] / per_traj[(L, 1)]:.1f}x one chain (64x if batching did nothing)")
     for L in args.sizes:
         if (L, 1) in per_traj:
-            base = straightforward_step(L, args.dtype, args.n_steps)
+            base = straightforward_step(L, args.dtype, args.n_steps, device=args.device)
             probe = time_trajectories(base, 1, 1)
             t = time_trajectories(base, max(1, int(args.budget / max(probe, 1e-6))), args.repeats)
             print(f"L={L}, 1 chain: straightforward {t:.3e} s/trajectory; lattice-flows is {t / per_traj[(L, 1)]:.2f}x as fast")
