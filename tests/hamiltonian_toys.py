@@ -35,6 +35,7 @@ from torch import Tensor
 from lattice_flows import Action, Flow, Observable, SplitForce
 from lattice_flows.params import injected, real
 from lattice_flows.phase_space import DiagonalMass, PhaseSpace
+from toy_plugins import AffineFlow
 
 # -- SU(2) as unit quaternions ---------------------------------------------------------------------------
 
@@ -297,27 +298,10 @@ class PBXFourth(Observable):
         return {1: pseudo_boson_moment(self.action.lam, self.action.c, 4)}
 
 
-class PBAffineFlow(Flow):
-    """``x = e^a z + b`` with two scalar parameters, for the ``pseudo_boson`` theory."""
+class PBAffineFlow(AffineFlow):
+    """``x = e^a z + b`` with two scalar parameters (the toy :class:`AffineFlow`), for the ``pseudo_boson`` theory."""
 
     theory: ClassVar[str] = "pseudo_boson"
-
-    @attrs.frozen(kw_only=True)
-    class Config:
-        init_log_scale: float = real(help="initial log of the scale", default=0.0)
-
-    def __init__(self, config, lattice_shape):
-        super().__init__(config, lattice_shape)
-        self.log_scale = torch.nn.Parameter(torch.tensor(config.init_log_scale))
-        self.shift = torch.nn.Parameter(torch.tensor(0.0))
-
-    def forward(self, z):
-        n = z[0].numel()
-        return torch.exp(self.log_scale) * z + self.shift, (n * self.log_scale).expand(z.shape[0])
-
-    def inverse(self, x):
-        n = x[0].numel()
-        return (x - self.shift) * torch.exp(-self.log_scale), (-n * self.log_scale).expand(x.shape[0])
 
 
 # -- flat toys: a mass matrix, three time scales ----------------------------------------------------------------
