@@ -35,6 +35,7 @@ from torch import Tensor
 from lattice_flows import Action, Flow, Observable, SplitForce
 from lattice_flows.params import injected, real
 from lattice_flows.phase_space import DiagonalMass, PhaseSpace
+from lattice_flows.testing.flows import IdentityFlow
 from toy_plugins import AffineFlow
 
 # -- SU(2) as unit quaternions ---------------------------------------------------------------------------
@@ -179,24 +180,10 @@ class SU2NormDeviation(Observable):
         return (x.norm(dim=-1) - 1).abs().flatten(1).amax(1)
 
 
-class SU2IdentityFlow(Flow):
-    """``f(U) = U`` on SU(2) fields: FTHMC through it is HMC on the group, trajectory for trajectory."""
+class SU2IdentityFlow(IdentityFlow):
+    """``f(U) = U`` on SU(2) fields (the kit's identity flow): FTHMC through it is HMC on the group, trajectory for trajectory."""
 
     theory: ClassVar[str] = "su2_toy"
-
-    @attrs.frozen(kw_only=True)
-    class Config:
-        pass
-
-    def __init__(self, config, lattice_shape):
-        super().__init__(config, lattice_shape)
-        self.unused = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, z):
-        return z, z.new_zeros(z.shape[0])
-
-    def inverse(self, x):
-        return x, x.new_zeros(x.shape[0])
 
 
 # -- a Gaussian auxiliary field ----------------------------------------------------------------------------

@@ -314,17 +314,6 @@ def _passive(t: Tensor, mu: int, offset: int) -> Tensor:
     return _stripe(t, mu, 3).roll(1, dims=1 - mu)
 
 
-def _moved(plaq: Tensor, delta: Tensor, mu: int, offset: int) -> Tensor:
-    """:func:`.coupling_plain.moved` on strided views."""
-    new = plaq.clone()
-    _stripe(new, mu, offset).add_(delta)
-    if offset % 4:
-        _stripe(new, mu, offset - 1).sub_(delta)
-    else:  # row m of the stripe 3 holds the passive plaquettes of row m + 1 of the stripe 0
-        _stripe(new, mu, 3).sub_(delta.roll(-1, dims=1 - mu))
-    return new
-
-
 class CouplingLayer(torch.autograd.Function):
     """One coupling layer as a single autograd node (per-node overhead dominates on small lattices).
 
@@ -344,7 +333,7 @@ class CouplingLayer(torch.autograd.Function):
         delta, logd, state = circle_map.displacement_with_state(x, _param_stripe(out, mu, offset), need_state)
         ctx.layer, ctx.n, ctx.state = layer, len(params), state  # the state may hold a private graph
         ctx.save_for_backward(plaq, mask, out, *params, *saved)
-        return _moved(plaq, delta, mu, offset), delta, logd.sum(dim=(0, 1))
+        return plain.moved(plaq, delta, mu, offset, view=_stripe), delta, logd.sum(dim=(0, 1))
 
     @staticmethod
     def backward(ctx, g_new, g_delta, g_logdet):

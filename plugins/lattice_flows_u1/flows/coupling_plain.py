@@ -70,14 +70,18 @@ def param_stripe(out: Tensor, mu: int, offset: int) -> Tensor:
     return (out[:, :, o::4] if mu == 0 else out[o::4]).transpose(0, 1)
 
 
-def moved(plaq: Tensor, delta: Tensor, mu: int, offset: int) -> Tensor:
-    """The plaquettes after the active stripe moved by ``delta`` (and so the passive one by ``-delta``)."""
+def moved(plaq: Tensor, delta: Tensor, mu: int, offset: int, view=None) -> Tensor:
+    """The plaquettes after the active stripe moved by ``delta`` (and so the passive one by ``-delta``).
+
+    ``view(t, mu, offset)`` gives the stripe views (default :func:`stripe`; the fused path passes its strided one).
+    """
+    view = stripe if view is None else view
     new = plaq.clone()
-    stripe(new, mu, offset).add_(delta)
+    view(new, mu, offset).add_(delta)
     if offset % 4:
-        stripe(new, mu, offset - 1).sub_(delta)
+        view(new, mu, offset - 1).sub_(delta)
     else:  # row m of the stripe 3 holds the passive plaquettes of row m + 1 of the stripe 0
-        stripe(new, mu, 3).sub_(delta.roll(-1, dims=1 - mu))
+        view(new, mu, 3).sub_(delta.roll(-1, dims=1 - mu))
     return new
 
 
