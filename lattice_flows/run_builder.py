@@ -285,13 +285,19 @@ def build_flow_within_memory(build: Callable[[], Flow], section: Any) -> Flow:
 
 def check_action_finite(action: Action, lattice_shape: tuple[int, ...], settings: RunSettings) -> None:
     """A :class:`SpecError` naming ``spec['action']`` if the action or its force of a field drawn from the
-    prior is not finite in the run's dtype (couplings too large for it, e.g. a float32 overflow)."""
+    prior is not finite in the run's dtype (couplings too large for it, e.g. a float32 overflow), or if the
+    action refuses the dtype or lattice when it draws its auxiliary fields (:meth:`Action.refresh`); the
+    action and force checked are those of what ``refresh`` returns, the ones the samplers evaluate."""
     device, dtype = run_device(settings), DTYPES[settings.dtype]
     generator = torch.Generator(device=device).manual_seed(0)
     x = action.sample_prior(1, lattice_shape, generator=generator, dtype=dtype, device=device)
-    s = action(x)
+    try:
+        dynamics = action.refresh(x, generator)  # what the samplers evaluate (auxiliary fields drawn, if any)
+    except ValueError as error:  # a setting the run's dtype or lattice cannot meet (a solver tolerance, say)
+        raise SpecError(f"spec['action']: {error}") from None
+    s = dynamics(x)
     bad = "action" if not bool(torch.isfinite(s).all()) else None
-    if bad is None and not bool(torch.isfinite(action.force(x)).all()):
+    if bad is None and not bool(torch.isfinite(dynamics.force(x)).all()):
         bad = "force"
     if bad is not None:
         params = ", ".join(f"{k} = {v!r}" for k, v in action.to_spec().items())
