@@ -280,6 +280,14 @@ class Sampler(Component):
     #: checks that, and requires every other pairing with an action to build and pass.
     theories: ClassVar[tuple[str, ...] | None] = None
 
+    @classmethod
+    def applies_to(cls, action: "Action | type[Action]") -> bool:
+        """Whether it is meant to sample ``action`` (an instance or a class): by default, whether the action's
+        theory is among :attr:`theories`. A sampler that needs more than the theory (an exact sampler of one
+        action) narrows it; :meth:`check_action` must refuse what this excludes, and the contract kit checks
+        that and requires every other pairing to build and pass."""
+        return cls.theories is None or action.theory in cls.theories
+
     def check_action(self, action: Action) -> None:
         """Raise ``ValueError`` if this sampler cannot sample ``action``'s theory. Accepts all by default."""
 

@@ -23,7 +23,11 @@ def needs_flow(sampler: type) -> bool:
 
 
 def declares_incompatible(sampler: type, action: Action | type) -> bool:
-    """Whether ``sampler`` declares (:attr:`Sampler.theories`) that it does not sample ``action``'s theory."""
+    """Whether ``sampler`` declares that it does not sample ``action`` (:meth:`Sampler.applies_to`: by default,
+    its :attr:`Sampler.theories` leave out the action's theory)."""
+    applies_to = getattr(sampler, "applies_to", None)
+    if applies_to is not None:
+        return not applies_to(action)
     theories = getattr(sampler, "theories", None)
     return theories is not None and action.theory not in theories
 
@@ -58,8 +62,9 @@ def check_sampler(
     lattice, else the action's first test lattice), with the action, the lattice shape and, if it asks for one,
     ``flow`` injected (an :func:`~lattice_flows.testing.identity_flow` of the theory when none is given).
 
-    - ``declared_incompatible``: if the sampler declares the ``theories`` it samples and the action's is not
-      among them, ``check_action`` must refuse the action with a ``ValueError``, and nothing else is checked;
+    - ``declared_incompatible``: if the sampler declares that it does not sample the action
+      (:meth:`Sampler.applies_to`; by default, its ``theories`` leave out the action's theory), ``check_action``
+      must refuse the action with a ``ValueError``, and nothing else is checked;
     - ``builds``: otherwise the pair must build and ``check_action`` must accept it (a pair that cannot be
       built is a failure, not a skip: declare ``theories`` if it is not meant to work);
     - ``step_contract``: three steps of three chains give fields ``(3, *field_shape)`` in ``dtype`` on ``device``,
@@ -100,13 +105,14 @@ def check_sampler(
             built.check_action(action)
         except ValueError:
             return ["declared_incompatible"]
-        fail("declared_incompatible", f"declares theories {sampler.theories}, yet check_action accepts a "
-             f"{action.theory!r} action: refuse it with a ValueError, or declare the theory")
+        fail("declared_incompatible", f"declares (theories {sampler.theories}, applies_to) that it does not sample "
+             f"this {action.theory!r} action, yet check_action accepts it: refuse it with a ValueError, or declare it")
     try:
         built.check_action(action)
     except ValueError as exc:
         fail("builds", f"check_action refuses the action ({exc}), but the sampler does not declare that it cannot "
-             f"sample {action.theory!r} (theories = {getattr(sampler, 'theories', None)})")
+             f"sample {action.theory!r} actions of this kind (theories = {getattr(sampler, 'theories', None)}; narrow "
+             "applies_to for a sampler of particular actions)")
 
     field_shape = tuple(action.field_shape(shape))
 

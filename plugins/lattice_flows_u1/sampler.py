@@ -20,10 +20,16 @@ class U1Exact(Sampler):
     The ideal sampler to compare others against; ``accepted`` is always true and ``delta_H`` zero.
     """
 
-    theories = ("u1",)  # and of those only u1_wilson (check_action)
+    theories = ("u1",)  # and of those only u1_wilson (applies_to)
+
+    @classmethod
+    def applies_to(cls, action) -> bool:
+        """Only the pure-gauge Wilson action (``u1_wilson``): other ``u1`` actions have no exact sampler here."""
+        kind = action if isinstance(action, type) else type(action)
+        return issubclass(kind, U1Wilson)
 
     def check_action(self, action: Action) -> None:
-        if not isinstance(action, U1Wilson):
+        if not self.applies_to(action):
             raise ValueError(f"u1_exact samples only the u1_wilson action, got {type(action).__name__}")
 
     def step(self, state: ChainState, action: Action, generator: torch.Generator):
