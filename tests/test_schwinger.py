@@ -184,14 +184,14 @@ def test_statistics_count_iterations_and_solves_and_reuse_a_solution():
     action = SchwingerPseudofermion(beta=2.0, mass=0.2)
     x = rough_links(2, scale=0.5)
     dynamics = action.refresh(x, torch.Generator().manual_seed(4))
-    assert dynamics.statistics()["cg_solves"].tolist() == [0, 0]
+    assert dynamics.solves == 0 and dynamics.statistics()["cg_iterations"].tolist() == [0, 0]
     dynamics(x)
+    first = dynamics.statistics()["cg_iterations"]
     dynamics.force(x)  # the same x: the solution is reused
-    stats = dynamics.statistics()
-    assert stats["cg_solves"].tolist() == [1, 1]
-    assert (stats["cg_iterations"] > 0).all()
+    assert dynamics.solves == 1 and (first > 0).all()
+    assert torch.equal(dynamics.statistics()["cg_iterations"], first)
     dynamics.force(x + 0.01)
-    assert dynamics.statistics()["cg_solves"].tolist() == [2, 2]
+    assert dynamics.solves == 2 and (dynamics.statistics()["cg_iterations"] > first).all()
 
 
 def spec(action, **settings):
@@ -207,9 +207,7 @@ def spec(action, **settings):
 
 def test_a_pseudofermion_run_reports_its_solver_work_and_is_reproducible():
     table = lf.Simulation.from_spec(spec("schwinger")).run(progress=False)
-    assert {"action.cg_iterations", "action.cg_solves", "plaquette", "topological_charge"} <= set(table.columns)
-    # leapfrog with 4 steps: 5 forces, the first and last at the points where H is evaluated (solutions reused)
-    assert (table["action.cg_solves"] == 5).all()
+    assert {"action.cg_iterations", "plaquette", "topological_charge"} <= set(table.columns)
     assert (table["action.cg_iterations"] >= 5).all()
     again = lf.Simulation.from_spec(spec("schwinger")).run(progress=False)
     assert table.equals(again)
@@ -222,7 +220,7 @@ def test_a_tolerance_the_dtype_cannot_reach_is_refused_at_build_time():
         lf.Simulation.from_spec(bad)
     ok = spec("schwinger", dtype="float32")  # the default tolerance follows the dtype
     table = lf.Simulation.from_spec(ok).run(progress=False)
-    assert (table["action.cg_solves"] == 5).all()
+    assert (table["action.cg_iterations"] > 0).all()
 
 
 def test_no_pure_gauge_exact_value_is_shown_for_the_schwinger_model():

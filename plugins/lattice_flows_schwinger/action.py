@@ -191,7 +191,7 @@ class PseudofermionDynamics:
     :meth:`force` each solve ``D^dag D X = phi`` for every chain (from ``X = 0``, so the force is a function
     of ``x`` alone, and a trajectory is reversible to the solver tolerance); ``__call__`` is differentiable in
     ``x`` through the analytic force, so FTHMC's autograd through a flow works on it. :meth:`statistics`:
-    the CG iterations and solves of this update per chain.
+    the CG iterations of this update per chain; :attr:`solves` counts the solves.
     """
 
     def __init__(self, action: SchwingerPseudofermion, phi: Tensor, tol: float):
@@ -243,11 +243,11 @@ class PseudofermionDynamics:
         return self.action.gauge.force(x) + self.fermion_force(x, solution, u)
 
     def statistics(self) -> dict[str, Tensor]:
-        """``cg_iterations``: CG iterations of this update per chain, summed over its solves; ``cg_solves``: solves."""
-        return {
-            "cg_iterations": self.iterations.clone(),
-            "cg_solves": torch.full_like(self.iterations, self.solves),
-        }
+        """``cg_iterations``: the CG iterations of this update per chain, summed over its solves, ``(B,)`` int64.
+
+        (The number of solves, :attr:`solves`, is the same for every trajectory of a fixed integrator, one per
+        force evaluation at a new point, so it is not a column.)"""
+        return {"cg_iterations": self.iterations.clone()}
 
 
 class _PseudofermionEnergy(torch.autograd.Function):
