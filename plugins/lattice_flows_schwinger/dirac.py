@@ -66,18 +66,29 @@ def _project(mu: int, sign: int, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return h, sign * 1j * h
 
 
-def _hops(u: Tensor, psi: Tensor) -> Tensor:
-    """``sum_mu [ (1 - g_mu) U_mu(n) psi(n + e_mu) + (1 + g_mu) conj(U_mu(n - e_mu)) psi(n - e_mu) ]``."""
-    out = torch.zeros_like(psi)
-    for mu in range(2):
-        dim = 2 + mu  # the lattice axis mu of a spinor (B, 2, L_0, L_1)
-        forward = u[:, mu].unsqueeze(1) * torch.roll(psi, -1, dims=dim)  # U_mu(n) psi(n + e_mu)
-        backward = torch.roll(u[:, mu].conj().unsqueeze(1) * psi, 1, dims=dim)  # conj(U_mu(n - e_mu)) psi(n - e_mu)
-        f0, f1 = _project(mu, -1, forward[:, 0], forward[:, 1])
-        b0, b1 = _project(mu, +1, backward[:, 0], backward[:, 1])
-        out[:, 0] += f0 + b0
-        out[:, 1] += f1 + b1
-    return out
+def _wilson(u: Tensor, psi: Tensor, mass: float, dagger: bool) -> Tensor:
+    """``D psi`` (or ``D^dag psi = gamma_5 D gamma_5 psi``) from the links ``u`` of :func:`fermion_links`.
+
+    Each hop's spin projector has rank one, ``(1 -+ g_mu) = v w^dag``, so a hop moves one complex number per
+    site: with ``(a, b)`` the spin components,
+
+        mu = 0:  (1 - g_0) (a, b) = (a - b) (1, -1),    (1 + g_0) (a, b) = (a + b) (1, 1)
+        mu = 1:  (1 - g_1) (a, b) = (a + i b) (1, -i),  (1 + g_1) (a, b) = (a - i b) (1, i)
+    """
+    a, b = psi[:, 0], psi[:, 1]
+    if dagger:  # gamma_5 on the way in
+        b = -b
+    u0, u1 = u[:, 0], u[:, 1]
+    f0 = u0 * torch.roll(a - b, -1, dims=1)  # U_0(n) h(n + e_0), h = a - b
+    b0 = torch.roll(u0.conj() * (a + b), 1, dims=1)  # conj(U_0(n - e_0)) h(n - e_0), h = a + b
+    f1 = u1 * torch.roll(a + 1j * b, -1, dims=2)
+    b1 = torch.roll(u1.conj() * (a - 1j * b), 1, dims=2)
+    diagonal = mass + 2.0
+    top = diagonal * a - 0.5 * (f0 + b0 + f1 + b1)
+    bottom = diagonal * b - 0.5 * (b0 - f0 + 1j * (b1 - f1))
+    if dagger:  # and gamma_5 on the way out
+        bottom = -bottom
+    return torch.stack([top, bottom], dim=1)
 
 
 def apply_dirac(x: Tensor, psi: Tensor, mass: float, *, links: Tensor | None = None) -> Tensor:
@@ -86,8 +97,7 @@ def apply_dirac(x: Tensor, psi: Tensor, mass: float, *, links: Tensor | None = N
     ``links``: :func:`fermion_links` of ``x``, when the caller has them already (a solver applies ``D`` many
     times on the same links).
     """
-    u = fermion_links(x) if links is None else links
-    return (mass + 2.0) * psi - 0.5 * _hops(u, psi)
+    return _wilson(fermion_links(x) if links is None else links, psi, mass, dagger=False)
 
 
 def gamma5(psi: Tensor) -> Tensor:
@@ -97,13 +107,13 @@ def gamma5(psi: Tensor) -> Tensor:
 
 def apply_dirac_dagger(x: Tensor, psi: Tensor, mass: float, *, links: Tensor | None = None) -> Tensor:
     """``D^dag psi = gamma_5 D gamma_5 psi`` (the Wilson operator is gamma_5-hermitian)."""
-    return gamma5(apply_dirac(x, gamma5(psi), mass, links=links))
+    return _wilson(fermion_links(x) if links is None else links, psi, mass, dagger=True)
 
 
 def apply_normal(x: Tensor, psi: Tensor, mass: float, *, links: Tensor | None = None) -> Tensor:
     """``D^dag D psi``, the hermitian positive operator that the conjugate-gradient solver inverts."""
     u = fermion_links(x) if links is None else links
-    return apply_dirac_dagger(x, apply_dirac(x, psi, mass, links=u), mass, links=u)
+    return _wilson(u, _wilson(u, psi, mass, dagger=False), mass, dagger=True)
 
 
 def dense_dirac(x: Tensor, mass: float) -> Tensor:
