@@ -200,10 +200,10 @@ def pion_correlator_all(x: Tensor, action: SchwingerAction) -> Tensor:
 
 @attrs.frozen(kw_only=True)
 class PionCorrelator(_SchwingerObservable):
-    """Pion correlator at time separation ``t`` along direction 0, per configuration ``(B,)``:
+    """Pion correlator ``C(t) = sum_{n_1} sum_{spins} |D^{-1}((t, n_1), (0, 0))|^2`` per configuration ``(B,)``.
 
-    ``C(t) = sum_{n_1} sum_{spins} |D^{-1}((t, n_1), (0, 0))|^2`` (a point source at the origin; two CG solves
-    per configuration, shared by the columns of every ``t``). Gauge invariant; ``C(t) = C(L_0 - t)`` in the
+    ``t`` is the separation along direction 0 from a point source at the origin (two CG solves per
+    configuration, shared by the columns of every ``t``). Gauge invariant; ``C(t) = C(L_0 - t)`` in the
     mean, ``C(t) ~ cosh(m_pi (t - L_0/2))`` at large ``t``. List one entry per ``t``
     (``[{"name": "pion_correlator", "t": t} for t in range(L_0)]``); the summary then adds the effective mass
     ``pion_effective_mass(t=...)`` for every ``t`` whose neighbours are measured too.
