@@ -86,9 +86,11 @@ def summarize_run(
     result = analysis.summarize(table, derived=derived, tau_exp=tau_exp)
     extra = class_rows(table, observables)
     if extra is not None:
-        result = pd.concat([result, extra.reindex(columns=result.columns)])
+        extra = extra.reindex(columns=result.columns)
+        extra[["window", "n_samples"]] = extra[["window", "n_samples"]].fillna(0)  # no Gamma-method window
+        result = pd.concat([result, extra.astype({"window": int, "n_samples": int, "reliable": bool})])
         result.index.name = "observable"
-        result = result.astype({"reliable": bool})
+        result = result.astype({"window": int, "n_samples": int, "reliable": bool})
     exact = exact_values(observables, result.index)
     result["exact"] = pd.Series(exact, dtype=float).reindex(result.index)
     result["pull"] = (result["mean"] - result["exact"]) / result["error"]

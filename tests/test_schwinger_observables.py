@@ -256,3 +256,18 @@ def test_the_summary_shows_the_pion_effective_mass():
     from lattice_flows.cli import format_summary
 
     assert "pion_effective_mass(t=1)" in format_summary(summary)
+    assert summary["window"].dtype.kind == "i" and summary["n_samples"].dtype.kind == "i"
+    assert summary.loc["pion_effective_mass(t=1)", "n_samples"] == 2 * 6
+
+
+def test_sources_beyond_one_chunk_are_the_same_estimator():
+    """n_sources above SOURCE_CHUNK: solved chunk by chunk, the mean of all of them (72 = 64 + 8)."""
+    shape = (4, 4)
+    action = SchwingerDeterminant(beta=1.0, mass=0.4)
+    x = _fields(action, shape, 2, 9)
+    many = ChiralCondensate(method="stochastic", n_sources=72, action=action, lattice_shape=shape)
+    first = ChiralCondensate(method="stochastic", n_sources=64, action=action, lattice_shape=shape)
+    rest = ChiralCondensate(method="stochastic", n_sources=8, action=action, lattice_shape=shape)
+    g = torch.Generator().manual_seed(4)
+    combined = (64 * first(x, g) + 8 * rest(x, g)) / 72
+    assert torch.allclose(many(x, torch.Generator().manual_seed(4)), combined, rtol=1e-12)

@@ -44,6 +44,7 @@ from .dirac import apply_dirac_dagger, apply_normal, complex_dtype, dense_dirac,
 __all__ = [
     "ChiralCondensate", "PionCorrelator", "solve_dirac", "free_propagator", "free_condensate",
     "free_pion_correlator", "effective_mass_rows", "EXACT_MAX_SITES", "AUTO_EXACT_MAX_SITES", "DEFAULT_MAX_ITER",
+    "MAX_SOURCES", "SOURCE_CHUNK",
 ]
 
 #: Largest lattice (sites) the exact condensate accepts: 32 x 32, a dense 2048 x 2048 inverse per configuration.
@@ -52,6 +53,9 @@ EXACT_MAX_SITES = 1024
 AUTO_EXACT_MAX_SITES = 256
 #: The iteration cap of a solve when the action has no ``cg_max_iter`` (``schwinger_det``).
 DEFAULT_MAX_ITER = 5000
+#: Most noise vectors of the stochastic condensate per configuration, and how many are solved at once (memory).
+MAX_SOURCES = 1 << 20
+SOURCE_CHUNK = 64
 
 
 def _is_schwinger(action: Any) -> bool:
@@ -110,7 +114,10 @@ class ChiralCondensate(_SchwingerObservable):
         "solves; 'auto': exact up to 16 x 16 sites, stochastic above",
         default="auto",
     )
-    n_sources: int = integer(help="noise vectors per configuration of the stochastic estimate", default=8, ge=1, le=4096)
+    n_sources: int = integer(
+        help="noise vectors per configuration of the stochastic estimate (solved 64 at a time)",
+        default=8, ge=1, le=MAX_SOURCES,
+    )
     noise: str = choice(
         ("z2", "gaussian"),
         help="noise of the stochastic estimate: 'z2' (entries +-1) or 'gaussian' (complex normal, <|xi|^2> = 1)",
@@ -147,17 +154,18 @@ class ChiralCondensate(_SchwingerObservable):
             return torch.diagonal(inverse, dim1=-2, dim2=-1).sum(-1).real.to(x.dtype) / volume
         if generator is None:
             raise TypeError("chiral_condensate (stochastic): expected obs(x, generator), the measurement generator")
-        b, n = x.shape[0], self.n_sources
-        shape = (b * n, *x.shape[1:])
-        cdtype = complex_dtype(x.dtype)
-        if self.noise == "z2":
-            xi = (2 * torch.randint(0, 2, shape, generator=generator, device=x.device) - 1).to(cdtype)
-        else:
-            xi = torch.randn(shape, generator=generator, dtype=cdtype, device=x.device)
-        xs = x.repeat_interleave(n, dim=0)
-        solution = solve_dirac(xs, xi, self.action, what="the chiral condensate")
-        estimates = (xi.conj() * solution).real.flatten(1).sum(1) / volume
-        return estimates.view(b, n).mean(1).to(x.dtype)
+        b, cdtype = x.shape[0], complex_dtype(x.dtype)
+        total = torch.zeros(b, dtype=x.dtype, device=x.device)
+        for start in range(0, self.n_sources, SOURCE_CHUNK):
+            n = min(SOURCE_CHUNK, self.n_sources - start)
+            shape = (b * n, *x.shape[1:])  # configuration i's sources are rows i n .. i n + n - 1
+            if self.noise == "z2":
+                xi = (2 * torch.randint(0, 2, shape, generator=generator, device=x.device) - 1).to(cdtype)
+            else:
+                xi = torch.randn(shape, generator=generator, dtype=cdtype, device=x.device)
+            solution = solve_dirac(x.repeat_interleave(n, dim=0), xi, self.action, what="the chiral condensate")
+            total += (xi.conj() * solution).real.flatten(1).sum(1).view(b, n).sum(1).to(x.dtype)
+        return total / (volume * self.n_sources)
 
 
 class _PointSourceCache:
