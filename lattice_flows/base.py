@@ -245,10 +245,43 @@ class Observable(Component):
     moments: ClassVar[tuple[int, ...]] = (1,)
     #: Whether the value is unchanged by :meth:`Action.random_symmetry` (checked by the contract tests).
     invariant: ClassVar[bool] = True
+    #: Whether it draws random numbers (a noise estimate of a trace, say). A stochastic observable is called
+    #: ``obs(x, generator)`` with the run's *measurement* generator, never the sampler's (seeded from the run's
+    #: seed with :data:`lattice_flows.run_settings.MEASUREMENT_SEED_OFFSET`, per rank, its state saved in the
+    #: chains checkpoint): adding one to a spec does not change the chain, and a spec and seed give the same
+    #: table, resumed or not. It must draw only from that generator.
+    stochastic: ClassVar[bool] = False
+
+    @classmethod
+    def applies_to(cls, action: "Action | type[Action]") -> bool:
+        """Whether it measures fields of ``action`` (an instance or a class) meaningfully, beyond sharing its
+        :attr:`theory`: ``True`` by default. An observable that needs more of the action than its theory (a
+        fermion observable needs a fermion mass) narrows it; the default observables of a run leave out those
+        that do not apply, a spec that names one is refused, and the contract kit pairs it only with the
+        actions it applies to. :meth:`requirement` says what it needs, for the error."""
+        return True
+
+    @classmethod
+    def requirement(cls) -> str:
+        """What :meth:`applies_to` asks of an action, in words, for the error that refuses one ("an action
+        with a fermion mass"); override it with :meth:`applies_to`."""
+        return "an action it applies to (applies_to)"
 
     @abc.abstractmethod
     def __call__(self, x: Tensor) -> Tensor:
-        """The value per configuration, shape ``(B,)``."""
+        """The value per configuration, shape ``(B,)``; a :attr:`stochastic` observable is ``__call__(x, generator)``."""
+
+    @classmethod
+    def summary_rows(cls, table: "Any", columns: "Mapping[str, Observable]") -> "Any":
+        """Summary rows derived from several columns of this class together (an effective mass from the columns
+        of a correlator at neighbouring ``t``), or ``None`` (default).
+
+        ``table``: the run table (pandas); ``columns``: every column of the run measured by an instance of this
+        class, ``{column: observable}``. Returns ``None`` or a pandas DataFrame indexed by row name with any of
+        the columns of :data:`lattice_flows.analysis.SUMMARY_COLUMNS` (at least ``mean``, ``error``,
+        ``reliable``, ``note``); the summary appends its rows after the observables'. The core calls it once per
+        class, so it stays theory-agnostic."""
+        return None
 
     def exact(self) -> dict[int, float]:
         """Exact expectation values ``{power: <O^power>}`` where the theory has them; empty otherwise."""

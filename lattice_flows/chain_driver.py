@@ -46,7 +46,8 @@ def drive_chains(
     *,
     n_thermalization: int,
     n_trajectories: int,
-    measure: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    measure: Callable[..., dict[str, torch.Tensor]],
+    measurement_generator: torch.Generator | None = None,
     done: int = 0,
     records: Records | None = None,
     on_update: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
@@ -60,12 +61,15 @@ def drive_chains(
     ``state.x``: the fields of the chains, ``(B, *field_shape)``. Updates before ``n_thermalization``
     replace the sampler by ``sampler.adapt(info, update)`` and record nothing; each later one appends the
     sampler's ``info`` and ``measure(state.x)`` (``{column: (B,)}``) to ``records`` (given: a resumed run's,
-    extended in place). After every update: ``on_update(done, info)``; after the last thermalization update:
+    extended in place); with a ``measurement_generator``, ``measure(state.x, measurement_generator)``: the
+    stream stochastic observables draw from, apart from the sampler's ``generator``, so that measuring does not
+    change the chain. After every update: ``on_update(done, info)``; after the last thermalization update:
     ``on_thermalized(sampler)``, the sampler as tuned. ``on_checkpoint(sampler, state, done, records)`` is
     called every ``checkpoint_every`` updates before the end, when stopping, and at the end.
     ``should_stop()`` is asked after every update before the end; when true the run stops there
-    (``stopped``). The random numbers all come from ``generator``, so that the same arguments give the same
-    chains, whether run at once or continued from a checkpoint.
+    (``stopped``). The sampler's random numbers all come from ``generator`` (the measurements' from
+    ``measurement_generator``), so that the same arguments give the same chains and measurements, whether run at
+    once or continued from a checkpoint.
     """
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"drive_chains(checkpoint_every=...): expected an integer >= 1 or None, got {checkpoint_every!r}")
@@ -79,7 +83,8 @@ def drive_chains(
             if done + 1 == n_thermalization and on_thermalized is not None:
                 on_thermalized(sampler)
         else:
-            for key, value in {**info, **measure(state.x)}.items():
+            measured = measure(state.x) if measurement_generator is None else measure(state.x, measurement_generator)
+            for key, value in {**info, **measured}.items():
                 records.setdefault(key, []).append(value)
         done += 1
         if on_update is not None:

@@ -2,8 +2,8 @@
 
 :func:`save_chains` writes the measurements since the last save as the next segment file
 (``chains.records/segment-000000.pt``, ...), then the small state atomically over the checkpoint: the
-fields (and the sampler's other state), the generator's state, the sampler as tuned so far, and a
-count of segments, rows and a digest chained through the segments' SHA-256, so that a save costs the
+fields (and the sampler's other state), the generator's state and the measurement generator's, the sampler as
+tuned so far, and a count of segments, rows and a digest chained through the segments' SHA-256, so that a save costs the
 same however long the run. :func:`resume_chains` reads it all back, checking every segment: a
 missing, damaged or foreign one is a :class:`CheckpointError`, one written after the last state
 (a kill between the two writes) is ignored and removed. Under several ranks every rank's part goes
@@ -48,6 +48,9 @@ class ResumedChains:
     done: int
     records: dict[str, list[torch.Tensor]]
     saved: SavedRecords
+    #: The measurement generator (stochastic observables), or ``None`` for a checkpoint written before it was
+    #: saved (the run then goes on with a fresh one: such runs had no stochastic observable).
+    measurement_generator: torch.Generator | None = None
 
 
 def segments_dir(checkpoint: Path) -> Path:
@@ -88,10 +91,12 @@ def save_chains(
     done: int,
     records: Mapping[str, list[torch.Tensor]],
     saved: SavedRecords,
+    measurement_generator: torch.Generator | None = None,
 ) -> None:
     """Write the chains checkpoint ``path`` of the run of ``spec``: the measurements since the last save as the
     next segment file, then the small state atomically over ``path``. ``saved`` (what the segment files hold so
-    far) is updated. Every rank calls it; rank 0 writes."""
+    far) is updated. ``measurement_generator``: the stochastic observables' generator, whose state is kept (the
+    optional key ``measurement_generator`` of each rank's part). Every rank calls it; rank 0 writes."""
     start = saved.rows
     stop = len(next(iter(records.values()))) if records else 0
     new = {key: torch.stack(values[start:stop]).cpu() for key, values in records.items()} if stop > start else None
@@ -100,6 +105,8 @@ def save_chains(
         "sampler": component_spec("samplers", sampler),
         "state": {f.name: _to_cpu(getattr(state, f.name)) for f in attrs.fields(type(state))},
     }
+    if measurement_generator is not None:
+        part["measurement_generator"] = measurement_generator.get_state()
     gathered = distributed.all_gather_objects((part, new))
     saved.rows = stop
     if not distributed.is_main():
@@ -146,6 +153,10 @@ def resume_chains(
     state = attrs.evolve(state, **fields)
     generator = torch.Generator(device=device)
     generator.set_state(part["generator"])
+    measurement_generator = None
+    if "measurement_generator" in part:  # optional: checkpoints written before it existed resume without it
+        measurement_generator = torch.Generator(device=device)
+        measurement_generator.set_state(part["measurement_generator"])
     saved = SavedRecords()
     if "records" not in data:  # version 1: the measurements inside the checkpoint, rewritten as segments next time
         pieces = [part["records"]] if part["records"] else []
@@ -157,7 +168,8 @@ def resume_chains(
         for key, values in piece.items():
             records.setdefault(key, []).extend(values.to(device).unbind(0))
     return ResumedChains(
-        generator=generator, sampler=sampler, state=state, done=int(data["updates_done"]), records=records, saved=saved
+        generator=generator, sampler=sampler, state=state, done=int(data["updates_done"]), records=records, saved=saved,
+        measurement_generator=measurement_generator,
     )
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import attrs
 
 from . import params
-from .base import Flow
+from .base import Flow, Observable
 from .registry import REGISTRIES, PluginEntry, Registry
 from .run_settings import SPEC_KEYS, RunSettings
 from .spec import spec_fields
@@ -50,8 +50,8 @@ _STRUCTURAL_KEYS: dict[str, tuple[str, str, str]] = {
     "observables": (
         "list",
         "no",
-        "what is measured after every update; default: every observable of the action's theory that needs "
-        "no parameters",
+        "what is measured after every update; default: every observable of the action's theory that applies "
+        "to it and needs no parameters",
     ),
 }
 
@@ -219,6 +219,12 @@ def _top_level_rows() -> list[str]:
     return lines
 
 
+def _narrows(cls: type) -> bool:
+    """Whether the observable class overrides :meth:`Observable.applies_to` (it applies to fewer actions than its theory's)."""
+    applies_to = getattr(cls, "applies_to", None)
+    return applies_to is not None and getattr(applies_to, "__func__", None) is not Observable.applies_to.__func__
+
+
 def _component_section(kind: str, name: str, entry: PluginEntry) -> list[str]:
     cls = entry.cls
     params_cls = _parameter_class(cls)
@@ -233,6 +239,8 @@ def _component_section(kind: str, name: str, entry: PluginEntry) -> list[str]:
         facts.append(f"order {cls.order}")
     if kind == "observables" and tuple(cls.moments) != (1,):
         facts.append("the summary reports " + ", ".join("`<O>`" if p == 1 else f"`<O^{p}>`" for p in cls.moments))
+    if kind == "observables" and _narrows(cls):
+        facts.append(f"applies only to {cls.requirement()}")
     lines.append("- " + "; ".join(facts))
     example = {"name": name, **dict(cls.example_params)}
     lines.append(f"- example: `{json.dumps(example)}`")
@@ -291,7 +299,7 @@ def spec_reference_markdown(packages: Iterable[str] | None = None) -> str:
         "A list; each entry is an observable's name or a table with `name`, the observable's parameters and",
         "optionally `column`, the name of its column in the results table. The default column is the name, with",
         "the parameters appended when there are any: `wilson_loop(R=2,T=2)`. Every observable must measure the",
-        "action's theory.",
+        "action's theory, and apply to the action where it says it needs more (`applies only to`).",
         "",
     ]
     for kind, registry in REGISTRIES.items():

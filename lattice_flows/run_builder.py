@@ -207,6 +207,13 @@ def build_observables(entries: Any, action: Action, context: Mapping[str, Any]) 
                 f"{path}: observable {name!r} measures {obs.theory} fields, but the action is a "
                 f"{action.theory} theory; observables for {action.theory}: {', '.join(sorted(fitting)) or '(none)'}"
             )
+        if not type(obs).applies_to(action):
+            action_name = _action_name(action)
+            fitting = [n for n, e in OBSERVABLES.entries().items() if _measures(e.cls, action)]
+            raise SpecError(
+                f"{path}: observable {name!r} does not apply to the action {action_name!r}: it needs "
+                f"{type(obs).requirement()}; observables for {action_name}: {', '.join(sorted(fitting)) or '(none)'}"
+            )
         if column is None:
             params = obs.to_spec()
             column = name if not params else name + "(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")"
@@ -216,14 +223,32 @@ def build_observables(entries: Any, action: Action, context: Mapping[str, Any]) 
     return observables
 
 
+def _action_name(action: Action) -> str:
+    """The registered name of ``action``, or its class name when it is not registered."""
+    try:
+        return component_spec("actions", action)["name"]
+    except LookupError:
+        return type(action).__name__
+
+
+def _measures(cls: type, action: Action) -> bool:
+    """Whether the observable class ``cls`` measures ``action``'s fields: its theory, and it applies to the action
+    (:meth:`Observable.applies_to`)."""
+    if getattr(cls, "theory", None) != action.theory:
+        return False
+    applies_to = getattr(cls, "applies_to", None)
+    return applies_to is None or bool(applies_to(action))
+
+
 def default_observables(action: Action, context: Mapping[str, Any]) -> dict[str, Observable]:
-    """Every registered observable of the action's theory that needs no parameters, by name (sorted): the
+    """Every registered observable of the action's theory that applies to it (:meth:`Observable.applies_to`)
+    and needs no parameters, by name (sorted): the
     observables of a spec without an ``observables`` key. ``context`` as for building (``lattice_shape``,
     ``action``)."""
     observables = {}
     for name, entry in sorted(OBSERVABLES.entries().items()):
         cls = entry.cls
-        if getattr(cls, "theory", None) != action.theory:
+        if not _measures(cls, action):
             continue
         if any(f.default is attrs.NOTHING for f in spec_fields(cls)):
             continue

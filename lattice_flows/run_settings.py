@@ -16,7 +16,7 @@ from .params import choice, integer
 
 __all__ = [
     "DTYPES", "RunSettings", "SPEC_KEYS", "SETTINGS_KEYS", "TRAINING_SEED_OFFSET", "FLOW_INIT_SEED_OFFSET",
-    "settings_device", "run_device",
+    "MEASUREMENT_SEED_OFFSET",    "settings_device", "run_device",
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -55,7 +55,8 @@ class RunSettings:
     n_trajectories: int = integer(help="measured updates per chain (rows per chain in the table)", default=1000, ge=1)
     seed: int = integer(
         help="seed of the run's random generator; same spec and seed give the same table (below 2^62, so that "
-        "the offsets of training (2^40), of the flow's initial weights (2^41) and of the ranks (2^32 each) "
+        "the offsets of training (2^40), of the flow's initial weights (2^41), of the measurements (2^42) and of the "
+        "ranks (2^32 each) "
         "keep it within torch's 64-bit seeds)",
         default=0,
         ge=0,
@@ -79,6 +80,10 @@ SPEC_KEYS = ("lattice", "action", "flow", "training", "sampler", "observables") 
 TRAINING_SEED_OFFSET = 1 << 40
 #: Offset of the seed of a new flow's initial weights from the run's.
 FLOW_INIT_SEED_OFFSET = 1 << 41
+#: Offset of the measurement generator's seed from the run's (per rank as the run's generator:
+#: ``distributed.rank_seed(seed + MEASUREMENT_SEED_OFFSET)``): stochastic observables draw from it, never from
+#: the sampler's generator, so adding one does not change the chain.
+MEASUREMENT_SEED_OFFSET = 1 << 42
 
 
 def settings_device(settings: RunSettings) -> torch.device:

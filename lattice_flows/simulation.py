@@ -31,6 +31,7 @@ from .run_builder import build_run, run_context, run_spec
 from .run_settings import (
     DTYPES,
     FLOW_INIT_SEED_OFFSET,
+    MEASUREMENT_SEED_OFFSET,
     SPEC_KEYS,
     TRAINING_SEED_OFFSET,
     RunSettings,
@@ -43,7 +44,10 @@ from .training import TrainingError, TrainingSettings, check_flow_health, effect
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Simulation", "RunSettings", "RunInterrupted", "SPEC_KEYS", "TRAINING_SEED_OFFSET", "FLOW_INIT_SEED_OFFSET"]
+__all__ = [
+    "Simulation", "RunSettings", "RunInterrupted", "SPEC_KEYS", "TRAINING_SEED_OFFSET", "FLOW_INIT_SEED_OFFSET",
+    "MEASUREMENT_SEED_OFFSET",
+]
 
 
 def _report_tuning(original: Sampler, tuned: Sampler) -> None:
@@ -255,6 +259,13 @@ class Simulation:
         :func:`lattice_flows.distributed.rank_seed`)."""
         return torch.Generator(device=self.device).manual_seed(distributed.rank_seed(self.settings.seed))
 
+    def measurement_generator(self) -> torch.Generator:
+        """A fresh generator for the stochastic observables (:attr:`Observable.stochastic`), on the run's device:
+        seeded with ``seed + MEASUREMENT_SEED_OFFSET`` (:data:`~lattice_flows.run_settings.MEASUREMENT_SEED_OFFSET`),
+        per rank as :meth:`generator` is, so measuring never draws from the sampler's stream."""
+        seed = distributed.rank_seed(self.settings.seed + MEASUREMENT_SEED_OFFSET)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
     def local_chains(self) -> range:
         """The chain ids this process runs: all of them, or this rank's block under several ranks."""
         return distributed.chain_range(self.settings.n_chains)
@@ -266,9 +277,12 @@ class Simulation:
             return self.action.cold_start(n, self.lattice_shape, **kw)
         return self.action.sample_prior(n, self.lattice_shape, generator=generator, **kw)
 
-    def measure(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every observable on the batch ``x``: ``{column: (B,)}``."""
-        return {column: obs(x) for column, obs in self.observables.items()}
+    def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Every observable on the batch ``x``: ``{column: (B,)}``. The stochastic ones draw from ``generator``
+        (default: a fresh :meth:`measurement_generator`), in the order of the columns."""
+        if generator is None and any(obs.stochastic for obs in self.observables.values()):
+            generator = self.measurement_generator()
+        return {column: obs(x, generator) if obs.stochastic else obs(x) for column, obs in self.observables.items()}
 
     def _context(self) -> dict[str, Any]:
         return run_context(self.lattice_shape, self.action, self.flow)
@@ -300,7 +314,8 @@ class Simulation:
         continues from it, so that on the CPU the table is row for row the one an uninterrupted run
         gives; a larger ``n_trajectories`` than the checkpoint's extends the run (nothing else may
         differ). It holds the fields (and the sampler's other state, such as FTHMC's latent field),
-        the generator's state and the sampler as tuned so far, rewritten at every save; the
+        the generator's state, the measurement generator's (:meth:`measurement_generator`) and the sampler as
+        tuned so far, rewritten at every save; the
         measurements are appended, one segment file per save with the rows since the last, in the
         folder ``<checkpoint stem>.records`` beside it (``chains.records/segment-000000.pt``, ...), so
         that a save costs the same however long the run. The checkpoint counts the segments and
@@ -324,22 +339,25 @@ class Simulation:
             resumed = resume_chains(checkpoint, spec, self.action, self._context(), self.device)
             generator, sampler, state, done = resumed.generator, resumed.sampler, resumed.state, resumed.done
             records, saved = resumed.records, resumed.saved
+            measurements = resumed.measurement_generator or self.measurement_generator()
         else:
             if checkpoint is not None:
                 remove_segments(checkpoint, first=0)  # a previous run's, never to be read again
             generator = self.generator()
+            measurements = self.measurement_generator()
             sampler = self.sampler
             state = sampler.init(self._initial(initial, generator, chains), self.action)
             done = 0
 
         def save(sampler: Sampler, state: ChainState, done: int, records: Records) -> None:
-            save_chains(checkpoint, spec, generator, sampler, state, done, records, saved)
+            save_chains(checkpoint, spec, generator, sampler, state, done, records, saved, measurements)
 
         bar = ChainProgressBar(n_therm + n_traj, done, n_therm, progress if distributed.is_main() else False)
         try:
             chain_run = drive_chains(
                 sampler, self.action, state, generator,
-                n_thermalization=n_therm, n_trajectories=n_traj, measure=self.measure, done=done, records=records,
+                n_thermalization=n_therm, n_trajectories=n_traj, measure=self.measure, measurement_generator=measurements,
+                done=done, records=records,
                 on_update=bar, on_thermalized=lambda tuned: _report_tuning(self.sampler, tuned),
                 on_checkpoint=save if checkpoint is not None else None, checkpoint_every=checkpoint_every,
                 should_stop=(lambda: distributed.any_rank(should_stop())) if should_stop is not None else None,

@@ -70,7 +70,7 @@ def _observable_cases():
         (obs_name, action_name)
         for obs_name in OBSERVABLES.names()
         for action_name in ACTION_NAMES
-        if ACTIONS.get(action_name).theory == OBSERVABLES.get(obs_name).theory
+        if testing.observable_applies(OBSERVABLES.get(obs_name), _action(action_name))
     ]
 
 
@@ -132,7 +132,7 @@ def test_sampler_is_exact(sampler_name, action_name, device, dtype):
     cls = SAMPLERS.get(sampler_name)
     observables = [
         OBSERVABLES.get(o) for o in OBSERVABLES.names()
-        if OBSERVABLES.get(o).theory == action.theory and not OBSERVABLES.get(o).example_params
+        if testing.observable_applies(OBSERVABLES.get(o), action) and not OBSERVABLES.get(o).example_params
     ]
     ran = testing.check_sampler(cls, action, lattice_shape=shape, observables=observables, device=device, dtype=dtype)
     assert ran[-1] == "exact" or ran == ["declared_incompatible"]

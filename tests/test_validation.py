@@ -16,7 +16,7 @@ from lattice_flows.errors import ParameterError, SpecError
 from lattice_flows.params import INT64_MAX
 from lattice_flows.reference import _parameter_class
 from lattice_flows.registry import REGISTRIES
-from lattice_flows.simulation import FLOW_INIT_SEED_OFFSET, TRAINING_SEED_OFFSET, RunSettings
+from lattice_flows.simulation import FLOW_INIT_SEED_OFFSET, MEASUREMENT_SEED_OFFSET, TRAINING_SEED_OFFSET, RunSettings
 from lattice_flows.training import TrainingSettings
 
 from benchmark_scripts import load_benchmark
@@ -132,10 +132,12 @@ def test_integers_beyond_64_bits_are_refused_everywhere():
 
 
 def test_the_largest_seed_works_with_every_offset():
-    """seed < 2**62: the seeds of training (+2**40) and of a flow's initial weights (+2**41) fit torch."""
+    """seed < 2**62: the seeds of training (+2**40), of a flow's initial weights (+2**41) and of the measurements
+    (+2**42) fit torch."""
     sim = Simulation.from_spec({**FLOW, "seed": 2**62 - 1})
     assert sim.generator().initial_seed() == 2**62 - 1
     assert sim._training_generator().initial_seed() == 2**62 - 1 + TRAINING_SEED_OFFSET
+    assert sim.measurement_generator().initial_seed() == 2**62 - 1 + MEASUREMENT_SEED_OFFSET
     assert (2**62 - 1 + FLOW_INIT_SEED_OFFSET) < 2**63
 
 

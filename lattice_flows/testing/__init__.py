@@ -17,8 +17,10 @@ The checks (the names are those of the :class:`ContractError`\\ s and of the ret
 - :func:`check_integrator`: ``reversible`` (whole and split anharmonic force), ``inputs_unchanged``,
   ``reversible_on_action`` (each given action's force, momenta from its phase space), ``error_order`` (harmonic
   oscillator), ``force_evaluations``;
-- :func:`check_observable`: ``theory``, ``shape_device``, ``batch_independence``, ``symmetry_invariance`` (if
-  ``invariant``), ``period_invariance`` (if the action has a ``period``);
+- :func:`check_observable`: ``theory``, ``applies_to``, ``shape_device``, ``batch_independence``,
+  ``symmetry_invariance`` (if ``invariant``), ``period_invariance`` (if the action has a ``period``); for a
+  ``stochastic`` observable ``reproducible`` and ``own_generator`` instead of the last three
+  (:func:`observable_applies`: the pairs the kit checks);
 - :func:`check_flow`: ``theory``, ``inverse`` (round-off, log-determinants cancel), ``logdet_matches_jacobian``
   (autograd Jacobian), ``equivariant`` (if declared), ``starts_near_identity`` (dtype and device too),
   ``gradients`` (every parameter), ``state_dict_transfers`` (to other lattice sizes), ``refuses_lattice``
@@ -50,7 +52,7 @@ from .actions import check_action
 from .doctests import check_doctests, package_modules
 from .flows import IdentityFlow, check_flow, flow_lattices, identity_flow, randomize, refused_lattice
 from .integrators import ANHARMONIC_FORCES, anharmonic_force, check_integrator
-from .observables import check_observable
+from .observables import check_observable, observable_applies
 from .samplers import check_sampler, declares_incompatible, needs_flow
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "check_action",
     "check_integrator",
     "check_observable",
+    "observable_applies",
     "check_flow",
     "check_sampler",
     "check_doctests",

@@ -13,6 +13,7 @@ from ..base import Action, Flow, Observable, Sampler
 from ._common import ContractError, action_lattices, build, check_meta, component_name, generator
 from .actions import as_action
 from .flows import identity_flow
+from .observables import observable_applies
 
 __all__ = ["check_sampler", "declares_incompatible", "needs_flow"]
 
@@ -72,7 +73,8 @@ def check_sampler(
     - ``reproducible``: the same seed gives the same fields and ``delta_H``, bit for bit;
     - ``exact`` (if ``exactness``): ``n_chains`` chains started from the prior, after ``n_thermalization``
       steps, over ``n_trajectories`` steps: ``<exp(-delta_H)> = 1`` and every exact value that ``observables``
-      report (``Observable.exact()``, powers 1 and 2) within ``n_sigma`` standard errors, the errors from the
+      report (``Observable.exact()``, powers 1 and 2; those that do not apply to the action,
+      :func:`~lattice_flows.testing.observable_applies`, are left out) within ``n_sigma`` standard errors, the errors from the
       spread of the chains' means. Pick an action and lattice the sampler mixes on in that many steps.
 
     Raises :class:`~lattice_flows.testing.ContractError`; returns the names of the checks that ran.
@@ -143,7 +145,8 @@ def check_sampler(
     g = generator(device, seed + 11)
     chains = built.init(action.sample_prior(n_chains, shape, generator=g, dtype=dtype, device=device), action)
     measured = []
-    built_observables = [o if isinstance(o, Observable) else build(o, None, context) for o in observables]
+    built_observables = [o if isinstance(o, Observable) else build(o, None, context) for o in observables
+                         if observable_applies(o if isinstance(o, type) else type(o), action)]
     targets = [(component_name(o), o, power, value) for o in built_observables for power, value in o.exact().items()
                if power in (1, 2)]
     records: dict[int, list[Tensor]] = {i: [] for i in range(len(targets))}
