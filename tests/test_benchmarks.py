@@ -53,3 +53,26 @@ def test_poisson_start_runs_every_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     load_benchmark("compare_samplers").main()
     assert "trained on [8, 8] at beta = 2.0: 0 steps, 0 s" in capsys.readouterr().out
+
+
+def test_schwinger_throughput_runs_on_a_tiny_lattice(monkeypatch, capsys):
+    argv = ["schwinger_throughput.py", "--sizes", "4", "--batches", "1", "2", "--dtypes", "float64", "float32",
+            "--repeats", "1", "--budget", "0.001"]
+    monkeypatch.setattr(sys, "argv", argv)
+    rows = load_benchmark("schwinger_throughput").main()
+    text = capsys.readouterr().out
+    assert "solves/s" in text and "median over the 4 entries" in text and "WARNING" not in text
+    assert len(rows) == 4 and all(r["D/s"] > 0 and r["direct it"] > 0 and r["eo it"] > 0 for r in rows)
+    assert all(r["eo vs direct"] < (1e-6 if r["dtype"] == "float64" else 1e-2) for r in rows)
+
+
+def test_schwinger_hmc_vs_fthmc_runs_on_a_tiny_lattice(tmp_path, monkeypatch, capsys):
+    argv = ["schwinger_hmc_vs_fthmc.py", "--shape", "4", "--chains", "2", "--equilibrate", "1", "--thermalization", "2",
+            "--trajectories", "3", "--train-seconds", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    rows = load_benchmark("schwinger_hmc_vs_fthmc").main()
+    text = capsys.readouterr().out
+    assert "beta = 6.0, mass = 0.1, 4x4" in text and "per independent Q / HMC's" in text
+    assert [r["sampler"] for r in rows] == ["hmc", "fthmc_untrained", "fthmc_trained"]
+    assert all(r["cg it/traj"] > 0 and r["s/traj"] > 0 for r in rows)
+    assert (tmp_path / "spec_fthmc_trained.json").exists() and (tmp_path / "flow_u1_b6.pt").exists()
