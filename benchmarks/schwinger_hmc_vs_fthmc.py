@@ -133,7 +133,6 @@ def row(name: str, sim: Simulation, table, summary, seconds: float, cpu: float, 
         "exp(-dH) err": float(summary.loc["exp(-delta_H)", "error"]),
         "tau_Q": tau, "tau_Q err": dtau, "closed": closed, "note": note,
         "cg it/traj": float(table["action.cg_iterations"].mean()),
-        "cg solves/traj": float(table["action.cg_solves"].mean()),
         "s/traj": per_traj,
         "s/indep Q": 2 * tau * per_traj,
         "cpu s/traj": cpu_per_traj,
@@ -157,12 +156,12 @@ def print_table(rows: list[dict], args, start_note: str) -> None:
           f"{args.dtype}, {args.chains} chains x {args.trajectories} measured trajectories (after {args.thermalization} tuning)")
     print(f"# start (all samplers): {start_note}")
     print(f"{'sampler':>16} {'step x n':>11} {'acc':>5} {'<exp(-dH)>':>13} {'tau_int(Q)':>15} {'CG it/traj':>10} "
-          f"{'solves':>6} {'s/traj':>9} {'s/indep Q':>11} {'CPU s/traj':>10} {'CPU s/ind Q':>11} {'<cos x_P>':>20} {'<Q^2>':>14}")
+          f"{'s/traj':>9} {'s/indep Q':>11} {'CPU s/traj':>10} {'CPU s/ind Q':>11} {'<cos x_P>':>20} {'<Q^2>':>14}")
     for r in rows:
         bound = "" if r["closed"] else ">="
         tau = f"{bound}{r['tau_Q']:.1f}" + (f"±{r['tau_Q err']:.1f}" if math.isfinite(r["tau_Q err"]) else "")
         print(f"{r['sampler']:>16} {r['step']:>6.4f}x{r['n_steps']:<4d} {r['acc']:>5.3f} {r['exp(-dH)']:>6.3f}±{r['exp(-dH) err']:<6.3f} "
-              f"{tau:>15} {r['cg it/traj']:>10.0f} {r['cg solves/traj']:>6.1f} {r['s/traj']:>9.2e} "
+              f"{tau:>15} {r['cg it/traj']:>10.0f} {r['s/traj']:>9.2e} "
               f"{bound + format(r['s/indep Q'], '.2e'):>11} {r['cpu s/traj']:>10.2e} {bound + format(r['cpu s/indep Q'], '.2e'):>11} {r['plaq']:>10.5f}±{r['plaq err']:<9.5f} "
               f"{r['Q2']:>6.3f}±{r['Q2 err']:<6.3f}{'' if r['Q2 reliable'] else '*'}")
     for r in rows:
