@@ -53,3 +53,16 @@ def test_poisson_start_runs_every_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     load_benchmark("compare_samplers").main()
     assert "trained on [8, 8] at beta = 2.0: 0 steps, 0 s" in capsys.readouterr().out
+
+
+def test_schwinger_reweighting_runs_every_sampler(tmp_path, capsys):
+    argv = ["--shapes", "4", "--masses", "0.3", "--reference-n", "64", "--chains", "2", "--thermalization", "1",
+            "--trajectories", "4", "--csv", str(tmp_path / "rows.csv")]
+    rows = load_benchmark("schwinger_reweighting").main(argv)
+    text = capsys.readouterr().out
+    assert "beta = 2, 4x4, mass = 0.3: reweighting 64 exact pure-gauge samples" in text and "ESS" in text
+    for sampler in ("pure gauge", "reweighting", "hmc", "hmc_det", "fthmc", "flow_imh"):
+        assert f"  {sampler} " in text
+    table = pd.read_csv(tmp_path / "rows.csv")
+    assert list(table["sampler"]) == ["reweighting", "hmc", "hmc_det", "fthmc", "flow_imh"] and len(rows) == 5
+    assert table["plaquette pull"].iloc[1:].notna().all()
