@@ -76,3 +76,16 @@ def test_schwinger_hmc_vs_fthmc_runs_on_a_tiny_lattice(tmp_path, monkeypatch, ca
     assert [r["sampler"] for r in rows] == ["hmc", "fthmc_untrained", "fthmc_trained"]
     assert all(r["cg it/traj"] > 0 and r["s/traj"] > 0 for r in rows)
     assert (tmp_path / "spec_fthmc_trained.json").exists() and (tmp_path / "flow_u1_b6.pt").exists()
+
+
+def test_schwinger_reweighting_runs_every_sampler(tmp_path, capsys):
+    argv = ["--shapes", "4", "--masses", "0.3", "--reference-n", "64", "--chains", "2", "--thermalization", "1",
+            "--trajectories", "4", "--csv", str(tmp_path / "rows.csv")]
+    rows = load_benchmark("schwinger_reweighting").main(argv)
+    text = capsys.readouterr().out
+    assert "beta = 2, 4x4, mass = 0.3: reweighting 64 exact pure-gauge samples" in text and "ESS" in text
+    for sampler in ("pure gauge", "reweighting", "hmc", "hmc_det", "fthmc", "flow_imh"):
+        assert f"  {sampler} " in text
+    table = pd.read_csv(tmp_path / "rows.csv")
+    assert list(table["sampler"]) == ["reweighting", "hmc", "hmc_det", "fthmc", "flow_imh"] and len(rows) == 5
+    assert table["plaquette pull"].iloc[1:].notna().all()
