@@ -47,8 +47,8 @@ RUNS = {
 class CondensateSimulation(Simulation):
     """Also measures ``chiral_condensate`` (dense, exact) on every configuration."""
 
-    def measure(self, x):
-        values = super().measure(x)
+    def measure(self, x, generator=None):
+        values = super().measure(x, generator)
         values["chiral_condensate"] = chiral_condensate(x, self.action.mass)
         return values
 

@@ -90,6 +90,8 @@ def untrained(args, out: Path) -> Path:
 
 
 def evaluate_sim(path: Path, args, shape: int, **overrides) -> Simulation:
+    # the checkpoint's resolved observables may include the fermion ones, which a pure-gauge action refuses
+    overrides.setdefault("observables", ["plaquette", "topological_charge"])
     return Simulation.load(path, lattice={"shape": [shape, shape]}, dtype="float64", **overrides)
 
 

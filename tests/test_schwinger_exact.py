@@ -42,8 +42,8 @@ class CondensateSimulation(Simulation):
     """A simulation that also measures ``chiral_condensate`` (``Sigma``, dense and exact) on every configuration:
     a local stand-in until the plugin has the observable."""
 
-    def measure(self, x):
-        values = super().measure(x)
+    def measure(self, x, generator=None):
+        values = super().measure(x, generator)
         values["chiral_condensate"] = chiral_condensate(x, self.action.mass)
         return values
 
@@ -103,7 +103,7 @@ def sampler_spec(kind: str, shape, mass: float, scale: int) -> dict:
     measured trajectories (1: the fast suite)."""
     leapfrog = {"name": "leapfrog", "step_size": 0.3, "n_steps": 3}
     runs = {  # action, sampler, flow, chains, thermalization, trajectories at scale 1
-        "hmc": ("schwinger", {"name": "hmc", "integrator": leapfrog}, None, 64, 4, 36),
+        "hmc": ("schwinger", {"name": "hmc", "integrator": leapfrog}, None, 40, 4, 64),
         "hmc_det": ("schwinger_det", {"name": "hmc", "integrator": leapfrog}, None, 16, 4, 40),
         "fthmc": ("schwinger", {"name": "fthmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 5}}, FTHMC_FLOW, 32, 4, 20),
         "flow_imh": ("schwinger_det", {"name": "flow_imh"}, IMH_FLOW, 48, 10, 80),
