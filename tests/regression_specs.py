@@ -9,6 +9,8 @@ alter results, said so in its commit message) with
 
     python tests/regression_specs.py --record
 
+(``--record-new`` records only the specs that have no fingerprint yet, a new component's, and keeps the rest)
+
 (the compatibility checkpoints in ``tests/data/compat`` are written once, by :func:`record_checkpoints`, and
 never again: they stand for the files users already have).
 """
@@ -37,6 +39,11 @@ PHI4 = {"lattice": {"shape": [4, 4]}, "action": {"name": "phi4", "kappa": 0.2, "
 XY = {"lattice": {"shape": [4, 4]}, "action": {"name": "xy", "beta": 0.8}}
 U1_OBSERVABLES = ["plaquette", "topological_charge", "action_density", {"name": "wilson_loop", "R": 2, "T": 1}]
 PHI4_OBSERVABLES = ["magnetization", "abs_magnetization", "susceptibility", "phi_squared", {"name": "two_point", "t": 1}]
+SCHWINGER = {"lattice": {"shape": [4, 4]}}
+SCHWINGER_OBSERVABLES = [
+    "plaquette", "topological_charge", {"name": "chiral_condensate", "method": "exact"},
+    {"name": "chiral_condensate", "method": "stochastic", "n_sources": 2}, {"name": "pion_correlator", "t": 1},
+]
 XY_OBSERVABLES = ["xy_energy", "helicity_modulus", "vortex_density", "xy_magnetization_squared"]
 TRAIN = {"n_steps": 3, "batch_size": 4, "lr": 1e-2}
 
@@ -111,6 +118,14 @@ SPECS: dict[str, dict[str, Any]] = {
         "sampler": {"name": "fthmc", "integrator": leapfrog(0.3, 3)}, **_run(),
     },
     "xy_imh_mobius": {**XY, "flow": {"name": "xy_mobius", "n_layers": 4}, "sampler": "flow_imh", **_run()},
+    "schwinger_hmc_pseudofermion": {
+        **SCHWINGER, "action": {"name": "schwinger", "beta": 2.0, "mass": 0.2}, "sampler": {"name": "hmc", "integrator": leapfrog(0.25, 3)},
+        "observables": SCHWINGER_OBSERVABLES, **_run(),
+    },
+    "schwinger_det_fthmc_poisson": {
+        **SCHWINGER, "action": {"name": "schwinger_det", "beta": 2.0, "mass": 0.2}, "flow": {"name": "u1_plaquette_poisson", "n_bins": 8},
+        "sampler": {"name": "fthmc", "integrator": leapfrog(0.2, 3)}, "observables": SCHWINGER_OBSERVABLES, **_run(),
+    },
 }
 
 
@@ -149,9 +164,11 @@ def fingerprint(spec: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def record() -> None:
+def record(only_new: bool = False) -> None:
+    """Record every fingerprint, or (``only_new``) only those of specs that have none yet, keeping the others."""
     torch.set_num_threads(1)
-    hashes = {name: fingerprint(spec) for name, spec in SPECS.items()}
+    old = json.loads(HASHES.read_text())["hashes"] if only_new and HASHES.exists() else {}
+    hashes = {name: old[name] if name in old else fingerprint(spec) for name, spec in SPECS.items()}
     HASHES.parent.mkdir(exist_ok=True)
     HASHES.write_text(json.dumps({"torch": torch.__version__, "hashes": hashes}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(hashes)} fingerprints to {HASHES}")
@@ -182,6 +199,6 @@ def record_checkpoints() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--record"]:
+    if sys.argv[1:] not in (["--record"], ["--record-new"]):
         sys.exit(__doc__)
-    record()
+    record(only_new=sys.argv[1:] == ["--record-new"])

@@ -185,6 +185,14 @@ class PickySampler(HMC):
 class U1ExactClaimingAll(U1Exact):
     theories = ("u1", "phi4")
 
+    @classmethod
+    def applies_to(cls, action) -> bool:  # claims every action of its theories, as a plain theories list would
+        return action.theory in cls.theories
+
+    def check_action(self, action):  # yet refuses all but u1_wilson: a pair it claims does not build
+        if not U1Exact.applies_to(action):
+            raise ValueError(f"u1_exact samples only the u1_wilson action, got {type(action).__name__}")
+
 
 @attrs.frozen(kw_only=True)
 class LenientU1Exact(U1Exact):
