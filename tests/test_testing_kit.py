@@ -206,7 +206,7 @@ def test_a_pair_that_cannot_be_built_fails_unless_declared(device):
     _fails("builds", testing.check_sampler, U1ExactClaimingAll, phi4, exactness=False, device=device)
     assert testing.check_sampler(U1Exact, phi4, device=device) == ["declared_incompatible"]
     error = _fails("declared_incompatible", testing.check_sampler, LenientU1Exact, phi4, device=device)
-    assert "declares theories ('u1',)" in str(error)
+    assert "declares (theories ('u1',), applies_to) that it does not sample this 'phi4' action" in str(error)
 
 
 # -- observables --------------------------------------------------------------------------------
