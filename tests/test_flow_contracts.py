@@ -19,7 +19,9 @@ FLOW_NAMES = FLOWS.names()
 
 
 def _action_for(flow_cls):
-    for name in ACTIONS.names():
+    # a theory's plain action first: the Schwinger actions (theory u1 too) cost a dense determinant per call
+    names = sorted(ACTIONS.names(), key=lambda n: ACTIONS.get(n).__module__.startswith("lattice_flows_schwinger"))
+    for name in names:
         cls = ACTIONS.get(name)
         if cls.theory == flow_cls.theory:
             return build_component("actions", {"name": name, **cls.example_params}, "test", {})
