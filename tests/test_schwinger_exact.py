@@ -27,7 +27,7 @@ from lattice_flows_hmc.integrators import Leapfrog
 from lattice_flows_schwinger.action import SchwingerPseudofermion
 from lattice_flows_schwinger.dirac import dense_dirac, free_spectrum, log_det_normal
 from lattice_flows_schwinger.reweighting import (
-    chiral_condensate, dirac_matrices, log_weights, plaquette, reweight, reweighted_expectations,
+    chiral_condensate, log_weights, plaquette, reweight, reweighted_expectations,
 )
 from lattice_flows_u1 import exact as u1_exact
 from lattice_flows_u1.exact_sampling import sample_exact
@@ -51,10 +51,10 @@ class CondensateSimulation(Simulation):
 # --------------------------------------------------------------------------- the reweighting itself
 
 
-def test_dirac_matrices_and_log_weights_are_the_plugins():
-    x = sample_exact(BETA, 5, (4, 6), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    d = dirac_matrices(x, 0.2)
-    assert torch.equal(d, dense_dirac(x, 0.2))
+def test_dense_matrices_in_chunks_and_log_weights_are_the_plugins():
+    x = sample_exact(BETA, 20, (4, 6), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = dense_dirac(x, 0.2)  # 20 configurations: two chunks, each the same as one configuration at a time
+    assert torch.equal(d, torch.cat([dense_dirac(x[i : i + 1], 0.2) for i in range(20)]))
     assert torch.allclose(log_weights(x, 0.2, dirac=d), log_det_normal(x, 0.2), rtol=0, atol=1e-12)
 
 

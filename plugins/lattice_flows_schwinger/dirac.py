@@ -116,21 +116,28 @@ def apply_normal(x: Tensor, psi: Tensor, mass: float, *, links: Tensor | None = 
     return _wilson(u, _wilson(u, psi, mass, dagger=False), mass, dagger=True)
 
 
+#: Configurations whose dense matrices :func:`dense_dirac` assembles per call of :func:`apply_dirac`.
+DENSE_CHUNK = 16
+
+
 def dense_dirac(x: Tensor, mass: float) -> Tensor:
     """``D`` as a dense complex matrix per configuration, ``(B, N, N)`` with ``N = 2 V``.
 
     Rows and columns index the flattened spinor ``(spin, n_0, n_1)`` (``psi.reshape(B, N)``). Built by applying
-    :func:`apply_dirac` to the unit vectors, so it is differentiable in ``x`` and is the very operator the
-    solver inverts. Memory ``B N^2`` complex numbers: small lattices only (16x16: 4 MiB per configuration).
+    :func:`apply_dirac` to the unit vectors, :data:`DENSE_CHUNK` configurations per call, so it is
+    differentiable in ``x`` and is the very operator the solver inverts. Memory ``B N^2`` complex numbers:
+    small lattices only (16x16: 4 MiB per configuration).
     """
     b, shape = x.shape[0], tuple(x.shape[1:])
     n = math.prod(shape)
     eye = torch.eye(n, dtype=complex_dtype(x.dtype), device=x.device).reshape(n, *shape)
-    columns = []
-    for i in range(b):
-        xi = x[i : i + 1].expand(n, *shape)
-        columns.append(apply_dirac(xi, eye, mass).reshape(n, n).transpose(0, 1))  # column j is D e_j
-    return torch.stack(columns)
+    out = [torch.empty(0, n, n, dtype=eye.dtype, device=x.device)]
+    for start in range(0, b, DENSE_CHUNK):
+        xi = x[start : start + DENSE_CHUNK]
+        k = xi.shape[0]
+        columns = apply_dirac(xi.repeat_interleave(n, dim=0), eye.repeat(k, 1, 1, 1), mass)  # column j is D e_j
+        out.append(columns.reshape(k, n, n).transpose(1, 2))
+    return torch.cat(out)
 
 
 def log_det_normal(x: Tensor, mass: float) -> Tensor:

@@ -20,7 +20,7 @@ method fails gradually, which :class:`ReweightingResult` reports in ``warning``.
 
 Entry points: :func:`reweighted_expectations` (draw, weight, estimate), :func:`reweight` (the estimate from
 given values and log weights, for any importance-sampling problem), and the dense per-configuration pieces
-:func:`dirac_matrices`, :func:`log_weights` and :func:`chiral_condensate`.
+:func:`log_weights` and :func:`chiral_condensate`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from lattice_flows_u1.exact_sampling import sample_exact
 from lattice_flows_u1.geometry import plaquette_angles
 from lattice_flows_u1.observables import topological_charge_real
 
-from .dirac import apply_dirac, complex_dtype
+from .dirac import complex_dtype, dense_dirac
 
 __all__ = [
     "ReweightedValue", "ReweightingResult", "reweighted_expectations", "reweight", "default_observables",
-    "dirac_matrices", "log_weights", "chiral_condensate", "plaquette", "topological_charge_squared",
+    "log_weights", "chiral_condensate", "plaquette", "topological_charge_squared",
     "MIN_ESS_FRACTION", "MIN_ESS",
 ]
 
@@ -50,39 +50,15 @@ __all__ = [
 MIN_ESS_FRACTION = 0.1
 #: Below this many effective samples the result carries a warning whatever the fraction.
 MIN_ESS = 100.0
-#: Dirac matrices assembled per call of :func:`.dirac.apply_dirac` (see :func:`dirac_matrices`).
-_ASSEMBLY_CHUNK = 16
 
 
 # --------------------------------------------------------------------------- dense per-configuration pieces
 
 
-def dirac_matrices(x: Tensor, mass: float) -> Tensor:
-    """``D(x)`` as dense complex matrices, ``(B, N, N)`` with ``N = 2 V``: the same matrices as
-    :func:`.dirac.dense_dirac` (columns ``D e_j``, rows and columns indexing the flattened spinor
-    ``(spin, n_0, n_1)``), bit for bit, but assembled for ``_ASSEMBLY_CHUNK`` configurations per call of
-    :func:`.dirac.apply_dirac` instead of one (several times faster on small lattices).
-
-    ``x``: link angles ``(B, 2, L_0, L_1)``. Memory ``B N^2`` complex numbers.
-    """
-    b, shape = x.shape[0], tuple(x.shape[1:])
-    n = math.prod(shape)
-    eye = torch.eye(n, dtype=complex_dtype(x.dtype), device=x.device).reshape(n, *shape)
-    out = []
-    for start in range(0, b, _ASSEMBLY_CHUNK):
-        xi = x[start : start + _ASSEMBLY_CHUNK]
-        k = xi.shape[0]
-        columns = apply_dirac(xi.repeat_interleave(n, dim=0), eye.repeat(k, 1, 1, 1), mass)
-        out.append(columns.reshape(k, n, n).transpose(1, 2))
-    if not out:
-        return torch.empty(0, n, n, dtype=complex_dtype(x.dtype), device=x.device)
-    return torch.cat(out)
-
-
 def log_weights(x: Tensor, mass: float, *, dirac: Tensor | None = None) -> Tensor:
     """``log det(D^dag D) = 2 log |det D|`` per configuration, real ``(B,)`` (what
-    :func:`.dirac.log_det_normal` computes). ``dirac``: :func:`dirac_matrices` of ``x``, if at hand."""
-    d = dirac_matrices(x, mass) if dirac is None else dirac
+    :func:`.dirac.log_det_normal` computes). ``dirac``: :func:`.dirac.dense_dirac` of ``x``, if at hand."""
+    d = dense_dirac(x, mass) if dirac is None else dirac
     return 2.0 * torch.linalg.slogdet(d).logabsdet
 
 
@@ -90,9 +66,9 @@ def chiral_condensate(x: Tensor, mass: float, *, dirac: Tensor | None = None) ->
     """``Sigma = (1/V) Re tr D^{-1}`` per configuration (one flavour, trace over sites and spin), real ``(B,)``.
 
     Exact (a dense inverse, ``O(V^3)``), not the stochastic estimate; ``x``: link angles ``(B, 2, L_0, L_1)``.
-    ``dirac``: :func:`dirac_matrices` of ``x``, if at hand.
+    ``dirac``: :func:`.dirac.dense_dirac` of ``x``, if at hand.
     """
-    d = dirac_matrices(x, mass) if dirac is None else dirac
+    d = dense_dirac(x, mass) if dirac is None else dirac
     volume = math.prod(x.shape[2:])
     return torch.linalg.inv(d).diagonal(dim1=-2, dim2=-1).sum(-1).real / volume
 
@@ -334,7 +310,7 @@ def reweighted_expectations(
         while done < n:
             k = min(batch, n - done)
             x = sample_exact(beta, k, shape, generator=generator, dtype=dtype, device=device)
-            d = dirac_matrices(x, mass)
+            d = dense_dirac(x, mass)
             lw_parts.append(log_weights(x, mass, dirac=d).double().cpu())
             for name, f in observables.items():
                 if isinstance(f, _ChiralCondensate) and f.mass == float(mass):
