@@ -13,7 +13,8 @@ representative) and the sources complex normal; every solver below sees the same
   even sites, ``X = D^{-1} gamma_5 D^{-1} gamma_5 b``), its iterations (both solves) and the largest relative
   residual of the reconstructed ``X`` in the full system (it must be below the tolerance);
 - ``schur``: one CG solve with ``D_hat^dag D_hat`` alone, which is what an even-odd pseudofermion action
-  (``det D^dag D ~ det D_hat^dag D_hat``, pseudofermions on even sites) would need per force; not wired in.
+  (``det D^dag D ~ det D_hat^dag D_hat``, pseudofermions on even sites) needs per force: ``schwinger`` with
+  ``even_odd = true`` (its trajectories: ``benchmarks/schwinger_even_odd_hmc.py``).
 
 Each time is the median over ``--repeats`` timings of a batch of calls after a warm-up, by default on the CPU
 with one thread in CPU time of the process (``--clock cpu``: what the work costs, less disturbed by other jobs

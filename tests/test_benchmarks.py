@@ -68,14 +68,25 @@ def test_schwinger_throughput_runs_on_a_tiny_lattice(monkeypatch, capsys):
 
 def test_schwinger_hmc_vs_fthmc_runs_on_a_tiny_lattice(tmp_path, monkeypatch, capsys):
     argv = ["schwinger_hmc_vs_fthmc.py", "--shape", "4", "--chains", "2", "--equilibrate", "1", "--thermalization", "2",
-            "--trajectories", "3", "--train-seconds", "1", "--out", str(tmp_path)]
+            "--trajectories", "3", "--hmc-trajectories", "4", "--train-seconds", "1", "--reference-n", "32", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     rows = load_benchmark("schwinger_hmc_vs_fthmc").main()
     text = capsys.readouterr().out
     assert "beta = 6.0, mass = 0.1, 4x4" in text and "per independent Q / HMC's" in text
+    assert "# exact (reweighting, ESS" in text and "hmc - exact: <cos x_P>" in text and "3 (HMC 4) measured" in text
     assert [r["sampler"] for r in rows] == ["hmc", "fthmc_untrained", "fthmc_trained"]
     assert all(r["cg it/traj"] > 0 and r["s/traj"] > 0 for r in rows)
     assert (tmp_path / "spec_fthmc_trained.json").exists() and (tmp_path / "flow_u1_b6.pt").exists()
+
+
+def test_schwinger_even_odd_hmc_runs_both_variants(monkeypatch, capsys):
+    argv = ["schwinger_even_odd_hmc.py", "--shape", "4", "--beta", "2", "--chains", "2", "--equilibrate", "1",
+            "--trajectories", "2", "--repeats", "1", "--step-size", "0.2", "--n-steps", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    out = load_benchmark("schwinger_even_odd_hmc").main()
+    text = capsys.readouterr().out
+    assert "plain / even_odd CPU seconds per trajectory" in text
+    assert out["ratio"] > 0 and all(out[v]["cg it/traj"] > 0 for v in ("plain", "even_odd"))
 
 
 def test_schwinger_reweighting_runs_every_sampler(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """The two-flavour Schwinger model's samplers against a reference that uses no Markov chain.
 
 The reference (:mod:`lattice_flows_schwinger.reweighting`) reweights independent exact pure-gauge
-configurations by ``det(D^dag D)``. Against it: HMC with pseudofermions (``schwinger``), HMC with the
+configurations by ``det(D^dag D)``. Against it: HMC with pseudofermions (``schwinger``, plain and with
+``even_odd = true``), HMC with the
 exact determinant (``schwinger_det``), FTHMC through an untrained flow on ``schwinger``, and flow
 independence Metropolis on ``schwinger_det`` (on ``schwinger`` its pseudofermion weights are too noisy for
 an independent proposal: see ``test_flow_imh_with_pseudofermions_is_noisy``). Compared: plaquette,
@@ -104,6 +105,7 @@ def sampler_spec(kind: str, shape, mass: float, scale: int) -> dict:
     leapfrog = {"name": "leapfrog", "step_size": 0.3, "n_steps": 3}
     runs = {  # action, sampler, flow, chains, thermalization, trajectories at scale 1
         "hmc": ("schwinger", {"name": "hmc", "integrator": leapfrog}, None, 40, 4, 64),
+        "hmc_even_odd": ("schwinger", {"name": "hmc", "integrator": leapfrog}, None, 40, 4, 64),
         "hmc_det": ("schwinger_det", {"name": "hmc", "integrator": leapfrog}, None, 16, 4, 40),
         "fthmc": ("schwinger", {"name": "fthmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 5}}, FTHMC_FLOW, 32, 4, 20),
         "flow_imh": ("schwinger_det", {"name": "flow_imh"}, IMH_FLOW, 48, 10, 80),
@@ -111,7 +113,7 @@ def sampler_spec(kind: str, shape, mass: float, scale: int) -> dict:
     action, sampler, flow, chains, therm, traj = runs[kind]
     spec = {
         "lattice": {"shape": list(shape)},
-        "action": {"name": action, "beta": BETA, "mass": mass},
+        "action": {"name": action, "beta": BETA, "mass": mass, **({"even_odd": True} if kind.endswith("even_odd") else {})},
         "sampler": sampler,
         "observables": ["plaquette", "topological_charge"],
         "n_chains": chains,
@@ -158,7 +160,7 @@ def check_against_reference(kind, shape, mass, scale, n_reference):
 
 FAST = ((4, 4), 0.2, 1, 4000)
 SLOW = [((4, 4), 0.1, 4, 20000), ((6, 6), 0.3, 4, 20000)]
-SAMPLERS = ["hmc", "hmc_det", "fthmc", "flow_imh"]
+SAMPLERS = ["hmc", "hmc_even_odd", "hmc_det", "fthmc", "flow_imh"]
 
 
 @pytest.mark.parametrize("kind", SAMPLERS)
@@ -183,7 +185,7 @@ def test_the_fast_comparison_would_catch_a_pure_gauge_sampler():
         assert abs(r.unweighted_mean - r.mean) > PULL * math.hypot(r.unweighted_error, s.loc[name, "error"]), name
 
 
-@pytest.mark.parametrize("kind", ["hmc", "hmc_det"])
+@pytest.mark.parametrize("kind", ["hmc", "hmc_even_odd", "hmc_det"])
 def test_hmc_energy_identity(kind):
     # <exp(-delta_H)> = 1 for an exact, area-preserving and reversible update (Creutz)
     s = summary(kind, *FAST[:3])
