@@ -64,6 +64,10 @@ class Action(Component):
     #: The period of every field entry, if the field is defined modulo one (``2 pi`` for angles): ``S`` and
     #: the observables are unchanged by ``x -> x + period * k``, integer ``k``; the contract kit checks it.
     period: ClassVar[float | None] = None
+    #: Whether ``__call__`` costs far more than its samplers' updates do (a dense determinant where the samplers
+    #: integrate pseudofermions, say). A run's default observables then leave out those that evaluate the action
+    #: (:attr:`Observable.evaluates_action`); a spec may still name them.
+    expensive_call: ClassVar[bool] = False
 
     @abc.abstractmethod
     def field_shape(self, lattice_shape: Sequence[int]) -> tuple[int, ...]:
@@ -251,6 +255,9 @@ class Observable(Component):
     #: chains checkpoint): adding one to a spec does not change the chain, and a spec and seed give the same
     #: table, resumed or not. It must draw only from that generator.
     stochastic: ClassVar[bool] = False
+    #: Whether it evaluates the run's action (``S / V``, say): left out of the default observables of an action
+    #: whose call is expensive (:attr:`Action.expensive_call`).
+    evaluates_action: ClassVar[bool] = False
 
     @classmethod
     def applies_to(cls, action: "Action | type[Action]") -> bool:

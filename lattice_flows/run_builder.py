@@ -242,7 +242,8 @@ def _measures(cls: type, action: Action) -> bool:
 
 def default_observables(action: Action, context: Mapping[str, Any]) -> dict[str, Observable]:
     """Every registered observable of the action's theory that applies to it (:meth:`Observable.applies_to`)
-    and needs no parameters, by name (sorted): the
+    and needs no parameters, by name (sorted), less those that evaluate an action whose call is expensive
+    (:attr:`Observable.evaluates_action`, :attr:`Action.expensive_call`): the
     observables of a spec without an ``observables`` key. ``context`` as for building (``lattice_shape``,
     ``action``)."""
     observables = {}
@@ -251,6 +252,8 @@ def default_observables(action: Action, context: Mapping[str, Any]) -> dict[str,
         if not _measures(cls, action):
             continue
         if any(f.default is attrs.NOTHING for f in spec_fields(cls)):
+            continue
+        if getattr(cls, "evaluates_action", False) and getattr(action, "expensive_call", False):
             continue
         observables[name] = build_component("observables", name, f"spec['observables'] (default {name!r})", context)
     return observables

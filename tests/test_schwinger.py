@@ -235,3 +235,16 @@ def test_dense_lattices_are_bounded_with_a_clear_error():
     action = SchwingerDeterminant(beta=2.0, mass=0.2)
     with pytest.raises(ValueError, match=r"at most 4096 sites .* use the pseudofermion action 'schwinger'"):
         action(torch.zeros((1, 2, 128, 64), dtype=torch.float64))
+
+
+def test_default_observables_leave_out_the_dense_action_density_for_pseudofermions():
+    # schwinger's __call__ is a dense determinant: action_density (S / V) per measurement would cost more than
+    # the trajectory on a large lattice, so it is not a default there (a spec may still name it)
+    def observables(action, **extra):
+        base = {"lattice": {"shape": [4, 4]}, "action": {"name": action, "beta": 2.0, "mass": 0.2},
+                "sampler": {"name": "hmc", "integrator": {"name": "leapfrog", "step_size": 0.2, "n_steps": 2}}}
+        return list(lf.Simulation.from_spec({**base, **extra}).observables)
+
+    assert "action_density" not in observables("schwinger") and "plaquette" in observables("schwinger")
+    assert "action_density" in observables("schwinger_det")
+    assert observables("schwinger", observables=["action_density"]) == ["action_density"]

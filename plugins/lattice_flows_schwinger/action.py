@@ -145,8 +145,11 @@ class SchwingerPseudofermion(SchwingerAction):
     ``D^dag D X = phi`` by conjugate gradient, each chain to the relative residual ``cg_tol``, and a chain
     that does not converge within ``cg_max_iter`` iterations stops the run with :class:`CGNotConverged`.
     ``__call__`` is the exact marginal, by a dense determinant (``O(V^3)``; used only to check a run at
-    build time and by flow training and independence sampling's first weight).
+    build time and by flow training and independence sampling's first weight), so the run's default
+    observables leave out ``action_density`` (:attr:`expensive_call`).
     """
+
+    expensive_call: ClassVar[bool] = True
 
     cg_tol: float = real(
         help="relative residual |phi - D^dag D X| / |phi| every chain's solve reaches; 0: 1e-10 in float64, "

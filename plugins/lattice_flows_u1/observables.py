@@ -81,6 +81,8 @@ class TopologicalCharge(_U1Observable):
 class ActionDensity(_U1Observable):
     """Action per site ``S / V`` of the simulated action, ``(B,)``."""
 
+    evaluates_action: ClassVar[bool] = True
+
     action: Action = injected("action")
     lattice_shape: tuple = injected("lattice_shape")
 
