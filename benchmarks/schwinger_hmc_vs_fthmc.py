@@ -291,6 +291,7 @@ def main() -> list[dict]:
         spec["sampler"] = table.attrs.get("sampler", spec["sampler"])
         (out / f"spec_{name}.json").write_text(json.dumps(spec, indent=2))
         r = row(name, sim, table, summary, seconds, cpu, total)
+        (out / f"row_{name}.json").write_text(json.dumps(r, indent=2))  # kept if a later sampler fails
         rows.append(r)
         print(f"# {name}: {total:.0f} s, tuned {json.dumps(table.attrs.get('sampler', {}).get('integrator', {}))}", flush=True)
     print_table(rows, args, start_note, reference)
