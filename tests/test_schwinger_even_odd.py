@@ -98,6 +98,7 @@ def test_odd_lattice_sizes_are_refused():
 # --- the even-odd pseudofermion action (schwinger with even_odd = true) ---------------------------------------
 
 from lattice_flows import Simulation  # noqa: E402
+from lattice_flows.forces import autograd_force  # noqa: E402
 from lattice_flows_schwinger.action import EvenOddPseudofermionDynamics, SchwingerPseudofermion  # noqa: E402
 from lattice_flows_schwinger.dirac import log_det_normal  # noqa: E402
 
@@ -111,12 +112,6 @@ def dense_schur(x, mass):
     eye = torch.eye(n, dtype=complex_dtype(x.dtype)).reshape(n, 2, half)
     cols = [op.schur(e.expand(x.shape[0], 2, half)) for e in eye]
     return torch.stack([c.reshape(x.shape[0], n) for c in cols], dim=2)
-
-
-def autograd_force(f, x):
-    x = x.detach().clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(f(x).sum(), x)
-    return g
 
 
 def test_the_even_odd_force_against_autograd_of_the_dense_action():

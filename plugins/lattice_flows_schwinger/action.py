@@ -200,7 +200,6 @@ class SchwingerPseudofermion(SchwingerAction):
         with ``even_odd``, ``eta_e`` ``(B, 2, V/2)`` on the even sites and ``phi_e = D_hat^dag(x) eta_e``."""
         tol = self.tolerance(x.dtype)
         if self.even_odd:
-            self.field_shape(x.shape[2:])
             geometry = EvenOddGeometry(x.shape[2:], x.device)
             op = EvenOddOperator(x.detach(), self.mass, geometry)
             half = (x.shape[0], 2, geometry.sites[0].numel())
