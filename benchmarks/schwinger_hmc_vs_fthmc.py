@@ -23,7 +23,7 @@ sensitive to other jobs on a shared machine; the ratios to HMC use these), secon
 The exact answer (``--reference-n``, default 4096; 0 skips it): independent exact pure-gauge configurations
 (their own seed, not the start's) reweighted by ``det(D^dag D)`` (``lattice_flows_schwinger.reweighting``),
 with the reweighting ESS; every sampler's <cos x_P> and <Q^2> are printed in standard errors from it. At
-beta = 6 on 16x16, m = 0.1 the reweighting keeps about 0.84 of the samples (about 0.1 s per configuration).
+beta = 6 on 16x16, m = 0.1 the reweighting keeps 0.81 of 4096 samples (0.08 CPU s per configuration, one thread).
 A sampler whose Q is frozen keeps the start's (pure-gauge) distribution of Q, and at beta = 6 the plaquette
 couples to Q, so its <cos x_P> can sit several of its own (too small) errors from the exact value.
 
