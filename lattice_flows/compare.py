@@ -411,7 +411,7 @@ def compare(
     for c in contestants:  # a spec with an untrained flow is trained first, as `lattice-flows run` does
         sim = c.simulation
         if sim.flow is not None and sim.training is not None and not sim.training_done:
-            echo(f"# {c.label}: training its flow ({sim.training.n_steps} steps or {sim.training.max_seconds} s)", flush=True)
+            echo(f"# {c.label}: training its flow first, as lattice-flows run does (its spec's training section)", flush=True)
             sim.train(progress=progress)
     start = common_start(contestants, equilibrate=equilibrate)
     echo(f"# start (all samplers): {start.note} ({start.seconds:.1f} s)", flush=True)

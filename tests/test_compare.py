@@ -91,6 +91,8 @@ def test_the_table_agrees_with_simulation_summary_of_the_same_tables(tmp_path):
             assert (row[obs], row[f"{obs} err"], row[f"{obs} exact"]) == tuple(summary.loc[obs, ["mean", "error", "exact"]])
         assert row["tau_int"] == summary.loc["topological_charge", "tau_int"]
         assert row["bound"] == (not summary.loc["topological_charge", "reliable"])
+        # the lower-bound footnote, with the summary's own reason, only for a tau_int the summary does not trust
+        assert (f"{label}: tau_int(topological_charge) is a LOWER BOUND" in result.text) == row["bound"]
     # the exact sampler draws independent configurations: tau_int about 1/2, and the exact values within 4 sigma
     exact = result.frame.iloc[1]
     assert exact["tau_int"] < 1.5 and abs(exact["plaquette pull"]) < 4 and abs(exact["topological_charge^2 pull"]) < 4
