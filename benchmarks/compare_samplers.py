@@ -1,26 +1,26 @@
-"""HMC, FTHMC and flow independence Metropolis side by side on 2D U(1) (arXiv:2112.01586, Sec. 4).
+"""HMC, FTHMC and flow independence Metropolis side by side on 2D U(1) (arXiv:2112.01586, Sec. 4), from one
+flow checkpoint: a thin caller of ``lattice-flows compare`` (:mod:`lattice_flows.compare`), which does the work.
 
-For each lattice shape, the three samplers run from the same equilibrium start (exact configurations
-from ``u1_exact``, so every chain starts in a typical topological sector and <Q^2> is not biased by
-a frozen start), each with its step size tuned during thermalization toward a target acceptance and
-then fixed. A table gives, with Gamma-method errors: acceptance, <exp(-delta_H)>, <cos x_P> and
-<Q^2> next to the exact values, tau_int(Q), seconds per trajectory (per chain, chains batched) and
-seconds per independent Q sample, ``2 tau_int(Q) x seconds per trajectory``, and the flow's
-one-time training cost. Figures (PNG, with matplotlib) from the same runs: histories of <cos x_P>
-and Q for HMC and FTHMC (the seed's Figures 4a, 4b) and loss and ESS against training step (Fig. 5).
+For each lattice shape, the samplers are built from the checkpoint (HMC: its theory without the flow; FTHMC and
+flow IMH through its flow, optionally retrained on the larger lattice first) with the trajectory lengths and
+run lengths given here, and :func:`lattice_flows.compare.compare` runs them from the same exact start
+(``u1_exact``), each tuning its step during thermalization, and prints and writes the table (acceptance,
+<exp(-delta_H)>, <cos x_P> and <Q^2> against exact, tau_int(Q) with lower bounds marked ``>=``, seconds per
+trajectory and per independent Q, with the flow's training seconds amortized over ``--amortize`` samples, and
+ratios to HMC) and the figures (Q and plaquette histories per sampler, the seed's Fig. 4; loss and ESS against
+training step, Fig. 5) into ``--out/<L>x<L>``; ``--out/comparison.csv`` holds every shape's rows.
 
     # the flow trained on 8x8 at beta = 6 (benchmarks/train_flows.py ess ... --save b6.pt), then
     python benchmarks/compare_samplers.py b6.pt --shapes 8 16 --chains 16 --trajectories 500 --hmc-trajectories 20000
-    # the spec files of the samplers are printed and written to the output folder
 
-Times are wall-clock on this machine (shared and noisy): read ratios, and rerun before quoting.
+The same comparison from spec files and checkpoints of any theory: ``lattice-flows compare A B C ...``
+(``docs/quickstart.md``). Times are from this machine (shared and noisy): read ratios, and rerun before quoting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +28,7 @@ import torch
 
 from lattice_flows import Simulation
 from lattice_flows.checkpoint import load_checkpoint
+from lattice_flows.compare import DEFAULT_AMORTIZE, Contestant, compare
 
 SAMPLERS = ("hmc", "fthmc", "flow_imh")
 
@@ -59,22 +60,6 @@ def run_settings(args, seed: int, sampler: str = "") -> dict:
     }
 
 
-def equilibrium_start(beta: float, shape: list[int], args) -> torch.Tensor:
-    """``n_chains`` independent exact configurations, ``(n_chains, 2, L_0, L_1)``."""
-    spec = {
-        "lattice": {"shape": shape},
-        "action": {"name": "u1_wilson", "beta": beta},
-        "sampler": {"name": "u1_exact"},
-        "observables": [],
-        **run_settings(args, seed=args.seed + 7),
-    }
-    sim = Simulation.from_spec(spec)
-    g = sim.generator()
-    state = sim.sampler.init(sim.initial_fields(g), sim.action)
-    state, _ = sim.sampler.step(state, sim.action, g)
-    return state.x
-
-
 def build(name: str, checkpoint: str, shape: list[int], args) -> Simulation:
     overrides = {
         "lattice": {"shape": shape},
@@ -98,122 +83,6 @@ def retrain(checkpoint: str, shape: list[int], minutes: float, out: Path, args) 
     path = out / f"flow_{shape[0]}x{shape[1]}.pt"
     sim.save(path)
     return str(path), float(sim.history["seconds"].iloc[-1]) - before
-
-
-def measure(sim: Simulation, start: torch.Tensor) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    t0 = time.perf_counter()
-    table = sim.run(initial=start)
-    seconds = time.perf_counter() - t0
-    return table, sim.summary(table), seconds
-
-
-def row(name: str, sim: Simulation, table: pd.DataFrame, summary: pd.DataFrame, seconds: float, training_s: float) -> dict:
-    s = sim.settings
-    per_traj = seconds / ((s.n_thermalization + s.n_trajectories) * s.n_chains)
-    q = "topological_charge"
-    tau, dtau = summary.loc[q, "tau_int"], summary.loc[q, "tau_int_error"]
-    if not table["accepted"].any():  # nothing moved: no autocorrelation time to measure
-        tau, dtau = float("inf"), float("nan")
-    out = {
-        "sampler": name,
-        "acc": summary.loc["accepted", "mean"],
-        "exp(-dH)": summary.loc["exp(-delta_H)", "mean"],
-        "exp(-dH) err": summary.loc["exp(-delta_H)", "error"],
-        "cos P": summary.loc["plaquette", "mean"],
-        "cos P err": summary.loc["plaquette", "error"],
-        "cos P exact": summary.loc["plaquette", "exact"],
-        "Q^2": summary.loc[f"{q}^2", "mean"],
-        "Q^2 err": summary.loc[f"{q}^2", "error"],
-        "Q^2 exact": summary.loc[f"{q}^2", "exact"],
-        "tau_Q": tau,
-        "tau_Q err": dtau,
-        "tau reliable": bool(summary.loc[q, "reliable"]),
-        "tau note": str(summary.loc[q, "note"]),
-        "s/traj": per_traj,
-        "s/indep Q": 2 * tau * per_traj,
-        "training s": training_s,
-        "sampler spec": json.dumps(table.attrs.get("sampler", {})),
-        # <exp(-dH)> = 1 holds in expectation; when some trajectories blow up (dH >> 1), their
-        # time-reversed partners (dH << -1) are exponentially rare and the sample mean falls short of 1
-        "P(dH>10)": float((table["delta_H"] > 10).mean()),
-        "P(dH<-10)": float((table["delta_H"] < -10).mean()),
-    }
-    return out
-
-
-def print_table(rows: list[dict], shape) -> None:
-    print(f"\n# beta = {rows[0]['beta']}, {shape[0]}x{shape[1]}")
-    head = (f"{'sampler':>9} {'acc':>5} {'<exp(-dH)>':>14} {'<cos x_P>':>19} {'exact':>7} {'<Q^2>':>15} "
-            f"{'exact':>6} {'tau_int(Q)':>13} {'s/traj':>9} {'s/indep Q':>10} {'training s':>10}")
-    print(head)
-    for r in rows:
-        flag = "" if r["tau reliable"] else "*"
-        print(
-            f"{r['sampler']:>9} {r['acc']:>5.3f} {r['exp(-dH)']:>7.3f}±{r['exp(-dH) err']:<6.3f} "
-            f"{r['cos P']:>10.5f}±{r['cos P err']:<8.5f} {r['cos P exact']:>7.5f} {r['Q^2']:>7.3f}±{r['Q^2 err']:<7.3f} "
-            f"{r['Q^2 exact']:>6.3f} {r['tau_Q']:>6.1f}±{r['tau_Q err']:<5.1f}{flag:1} {r['s/traj']:>9.2e} "
-            f"{r['s/indep Q']:>10.2e} {r['training s']:>10.0f}"
-        )
-    for r in rows:
-        print(f"#   {r['sampler']}: fraction of trajectories with delta_H > 10: {r['P(dH>10)']:.4f}, < -10: {r['P(dH<-10)']:.5f}")
-    hmc = next((r for r in rows if r["sampler"] == "hmc"), None)
-    for r in rows:
-        if hmc is not None and r is not hmc:
-            # a tau_int whose window did not close is a lower bound, so is the cost; HMC's likewise
-            bound = "" if r["tau reliable"] else "at least "
-            hmc_bound = "" if hmc["tau reliable"] else " (HMC's own tau_int a lower bound)"
-            print(f"#   {r['sampler']}: cost per independent Q / HMC's = {bound}{r['s/indep Q'] / hmc['s/indep Q']:.3f}"
-                  f" (with training: {(r['s/indep Q'] * 1000 + r['training s']) / (hmc['s/indep Q'] * 1000):.3f} "
-                  f"for 1000 samples){hmc_bound}")
-    for r in rows:
-        if not r["tau reliable"]:  # the footnote of each "*", with the summary's own reason
-            print(f"#   * {r['sampler']}: tau_int(Q) unreliable: {r['tau note']}")
-
-
-def figures(out: Path, tables: dict, history: pd.DataFrame | None) -> list[Path]:
-    """The seed's Figures 4a/4b (histories) and 5 (training); PNG files, or none without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("# matplotlib is not installed (pip install -e '.[plots]'): no figures")
-        return []
-    paths = []
-    for shape, by_sampler in tables.items():
-        names = [n for n in ("hmc", "fthmc") if n in by_sampler]
-        if not names:
-            continue
-        # one column per sampler: their runs differ in length by orders of magnitude
-        fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 5), sharey="row", squeeze=False)
-        for col, name in enumerate(names):
-            chain0 = by_sampler[name][by_sampler[name]["chain"] == 0]
-            axes[0, col].plot(chain0["trajectory"], chain0["plaquette"], lw=0.5, color=f"C{col}")
-            axes[1, col].plot(chain0["trajectory"], chain0["topological_charge"], lw=0.8, color=f"C{col}")
-            axes[0, col].set_title(f"{name.upper()}, {shape}, chain 0")
-            axes[1, col].set_xlabel("trajectory")
-        axes[0, 0].set_ylabel(r"$\langle \cos x_P \rangle$")
-        axes[1, 0].set_ylabel("$Q$")
-        fig.tight_layout()
-        path = out / f"histories_{shape}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    if history is not None and len(history):
-        fig, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-        window = max(1, len(history) // 200)
-        axes[0].plot(history["step"], history["loss"].rolling(window).mean(), lw=0.8)
-        axes[1].plot(history["step"], history["ess"].rolling(window).mean(), lw=0.8)
-        axes[0].set_ylabel(r"loss $\langle \log q + S \rangle$")
-        axes[1].set_ylabel(f"ESS (batch, mean of {window})")
-        axes[1].set_xlabel("training step")
-        fig.tight_layout()
-        path = out / "training.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 def main() -> None:
@@ -240,7 +109,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="runs/compare_samplers", help="folder for figures, tables (csv.gz) and specs")
+    p.add_argument("--equilibrate", type=int, default=200, help="HMC trajectories to the common start where no exact sampler applies")
+    p.add_argument("--amortize", type=int, default=DEFAULT_AMORTIZE, help="samples the flow's training seconds are spread over")
+    p.add_argument("--out", default="runs/compare_samplers", help="folder: <L>x<L>/ per shape (must not exist), comparison.csv")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -256,38 +127,24 @@ def main() -> None:
     steps = len(history) if history is not None else 0
     print(f"# trained on {trained_shape} at beta = {beta}: {steps} steps, {training_s:.0f} s")
 
-    tables: dict = {}
-    all_rows = []
+    frames = []
     for L in args.shapes:
         shape = [L, L]
         checkpoint, extra = args.checkpoint, 0.0
         if shape != trained_shape and args.retrain_minutes > 0:
             checkpoint, extra = retrain(args.checkpoint, shape, args.retrain_minutes, out, args)
-        start = equilibrium_start(beta, shape, args)
-        label = f"{L}x{L}"
-        rows = []
+            print(f"# {L}x{L}: retrained the flow for {extra:.0f} s more: {checkpoint}", flush=True)
+        contestants = []
         for name in args.samplers:
             sim = build(name, checkpoint, shape, args)
             if name != "hmc":
                 quality = sim.flow_quality(1024, torch.Generator(device=sim.device).manual_seed(1))
-                print(f"# {label} {name}: flow ESS {quality['ess']:.4f}, loss {quality['loss']:.2f}", flush=True)
-            table, summary, seconds = measure(sim, start)
-            tables.setdefault(label, {})[name] = table
-            table.to_csv(out / f"table_{name}_{label}.csv.gz", index=False)
-            r = row(name, sim, table, summary, seconds, 0.0 if name == "hmc" else training_s + extra)
-            r["beta"], r["shape"] = beta, label
-            rows.append(r)
-            spec = sim.to_spec()
-            spec["sampler"] = table.attrs.get("sampler", spec["sampler"])
-            (out / f"spec_{name}_{label}.json").write_text(json.dumps(spec, indent=2))
-            print(f"# {label} {name}: {seconds:.0f} s, tuned sampler {r['sampler spec']}", flush=True)
-        print_table(rows, shape)
-        all_rows.extend(rows)
-    frame = pd.DataFrame(all_rows)
-    frame.to_csv(out / "comparison.csv", index=False)
-    for path in figures(out, tables, history):
-        print(f"# figure: {path}")
-    print(f"# table: {out / 'comparison.csv'}")
+                print(f"# {L}x{L} {name}: flow ESS {quality['ess']:.4f}, loss {quality['loss']:.2f}", flush=True)
+            contestants.append(Contestant(label=name, source=checkpoint, simulation=sim))
+        result = compare(contestants, out=out / f"{L}x{L}", equilibrate=args.equilibrate, amortize=args.amortize)
+        frames.append(result.frame.assign(beta=beta, shape=f"{L}x{L}"))
+    pd.concat(frames, ignore_index=True).to_csv(out / "comparison.csv", index=False)
+    print(f"# every shape: {out / 'comparison.csv'}")
 
 
 if __name__ == "__main__":

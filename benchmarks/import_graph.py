@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     )),
     ("facade", "Simulation: one method per thing a user does", ("simulation",)),
     ("reports", "what is shown of a run, and the kit for plugin authors", (
-        "flow_report", "figures", "reference", "testing",
+        "flow_report", "figures", "reference", "testing", "compare",
     )),
     ("entry points", "the command line and the package's public names", ("cli", "__main__", "__init__")),
 ]

@@ -50,6 +50,7 @@ import torch
 
 from lattice_flows import Simulation
 from lattice_flows.chain_driver import drive_chains
+from lattice_flows.compare import timed_run
 from lattice_flows.specfile import load_spec
 from lattice_flows_schwinger import reweighting
 from lattice_flows_u1.exact_sampling import sample_exact
@@ -107,19 +108,9 @@ def equilibrated_start(hmc_spec: dict, args) -> tuple[torch.Tensor, float, str]:
 
 def run_sampler(sim: Simulation, start: torch.Tensor) -> tuple:
     """The table, its summary, the wall and the CPU seconds (this process) of the measured trajectories alone
-    (after tuning), and the wall seconds of the whole run."""
-    n_therm = sim.settings.n_thermalization
-    stamps: list[tuple[float, float]] = []
-
-    def clock() -> bool:  # asked after every update but the last: a clock, never a stop
-        stamps.append((time.perf_counter(), time.process_time()))
-        return False
-
-    t0 = (time.perf_counter(), time.process_time())
-    table = sim.run(initial=start, progress=False, should_stop=clock)
-    end = (time.perf_counter(), time.process_time())
-    begin = stamps[n_therm - 1] if n_therm > 0 else t0
-    return table, sim.summary(table), end[0] - begin[0], end[1] - begin[1], end[0] - t0[0]
+    (after tuning), and the wall seconds of the whole run (:func:`lattice_flows.compare.timed_run`)."""
+    measured = timed_run(sim, start)
+    return measured.table, measured.summary, measured.wall, measured.cpu, measured.total
 
 
 def row(name: str, sim: Simulation, table, summary, seconds: float, cpu: float, total: float) -> dict:

@@ -258,6 +258,10 @@ class Observable(Component):
     #: Whether it evaluates the run's action (``S / V``, say): left out of the default observables of an action
     #: whose call is expensive (:attr:`Action.expensive_call`).
     evaluates_action: ClassVar[bool] = False
+    #: Whether it is the theory's slowest mode, the one whose ``tau_int`` sets what an independent sample costs (the
+    #: topological charge of a gauge theory): ``lattice-flows compare`` (:mod:`lattice_flows.compare`) quotes its
+    #: ``tau_int``, and without one the observable with the largest ``tau_int``.
+    slow_mode: ClassVar[bool] = False
 
     @classmethod
     def applies_to(cls, action: "Action | type[Action]") -> bool:
@@ -319,6 +323,10 @@ class Sampler(Component):
     #: The theories it samples (``None``: any). Its :meth:`check_action` refuses the others; the contract kit
     #: checks that, and requires every other pairing with an action to build and pass.
     theories: ClassVar[tuple[str, ...] | None] = None
+    #: Whether every update draws independent configurations from the exact target of each action it
+    #: :meth:`applies_to` (no Markov chain), building from a spec section with its name alone:
+    #: ``lattice-flows compare`` (:mod:`lattice_flows.compare`) starts every sampler from such draws.
+    exact_independent: ClassVar[bool] = False
 
     @classmethod
     def applies_to(cls, action: "Action | type[Action]") -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from . import distributed
+from . import compare, distributed
 from .checkpoint import load_checkpoint
 from .errors import LatticeFlowsError
 from .analysis import format_value_error
@@ -423,6 +423,22 @@ def _distribution_lines(column: str, obs) -> list[str]:
     return [f"# P({column} = q), for P >= 1e-12"] + [f"{q:4d}  {p:.12g}" for q, p in sorted(distribution.items()) if p >= 1e-12]
 
 
+def cmd_compare(args) -> int:
+    """Samplers side by side (:mod:`lattice_flows.compare`): every check before anything runs or is written."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {key: value for key, value in (("n_chains", args.chains), ("n_thermalization", args.thermalization),
+                                              ("n_trajectories", args.trajectories)) if value is not None}
+    contestants = [compare.load_contestant(source, args.set or [], settings=settings) for source in args.sources]
+    compare.compare(
+        contestants, out=args.out, equilibrate=args.equilibrate, amortize=args.amortize, figures=not args.no_figures,
+        progress=False if args.quiet else None, echo=None if args.quiet else print,
+    )
+    if args.quiet:  # the table still shows
+        print((Path(args.out) / "comparison.txt").read_text(), end="")
+    return 0
+
+
 def cmd_plugins(args) -> int:
     print(components_text())
     return 0
@@ -509,6 +525,30 @@ def build_parser() -> argparse.ArgumentParser:
         "flow.pt, with --set to change, e.g., lattice.shape=[16,16] or the sampler), without training.",
         spec_help=spec_file + " or flow checkpoint (.pt)", sampling=True,
     ).set_defaults(func=cmd_sample)
+    cmp = sub.add_parser(
+        "compare", help="samplers side by side from one start: acceptance, exact values, tau_int, cost per independent sample",
+        description="Run several samplers of the same action, lattice and dtype (spec files, flow checkpoints or run "
+        "folders) from the same equilibrated start (the theory's exact sampler where one is registered, else "
+        "--equilibrate trajectories of the first sampler that goes through no flow), each tuning its step during its "
+        "own thermalization, and print and write (--out) a table: acceptance, <exp(-dH)>, observables against exact "
+        "values, tau_int of the slow observable (a lower bound, marked >=, where its window did not close), seconds "
+        "per trajectory and per independent sample, with training amortized, and ratios to the first sampler.",
+    )
+    cmp.add_argument("sources", nargs="+", metavar="SPEC_OR_RUN", help="spec file, flow checkpoint (.pt) or run folder; the first is the reference of the ratios")
+    cmp.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a spec value of every sampler, e.g. lattice.shape=[16,16] (repeatable)")
+    cmp.add_argument("--chains", type=_int_argument(1, None, "a number of chains"), metavar="N", help="chains of every sampler (default: each spec's n_chains; they must agree)")
+    cmp.add_argument("--thermalization", type=_int_argument(0, None, "a number of updates"), metavar="N", help="tuning updates of every sampler (default: each spec's)")
+    cmp.add_argument("--trajectories", type=_int_argument(2, None, "a number of updates"), metavar="N", help="measured updates of every sampler (default: each spec's)")
+    cmp.add_argument("--equilibrate", type=_int_argument(0, None, "a number of updates"), default=200, metavar="N",
+                     help="without an exact sampler: trajectories of the first flow-free sampler to the common start (default 200)")
+    cmp.add_argument("--amortize", type=_int_argument(1, None, "a number of samples"), default=compare.DEFAULT_AMORTIZE, metavar="N",
+                     help="independent samples a flow's training seconds are spread over (default 100000)")
+    cmp.add_argument("--out", default="runs/compare", metavar="DIR", help="folder for the tables, specs and figures (must not exist or be empty; default runs/compare)")
+    cmp.add_argument("--no-figures", action="store_true", help="write no figures")
+    cmp.add_argument("--quiet", action="store_true", help="no progress lines (the table still shows)")
+    cmp.add_argument("--threads", type=_int_argument(0, MAX_THREADS, "0 (torch's default) or a number of threads"), default=1, metavar="N",
+                     help="CPU threads of torch (default 1; 0 = torch's default)")
+    cmp.set_defaults(func=cmd_compare)
     plugins = sub.add_parser(
         "plugins", help="list every registered component by kind, with its package and parameters",
         description="List every registered component (actions, flows, integrators, observables, samplers), the "

@@ -31,11 +31,12 @@ def test_compare_samplers_runs_on_a_tiny_flow(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     load_benchmark("compare_samplers").main()
     text = capsys.readouterr().out
-    assert "beta = 1.0, 4x4" in text and "cost per independent Q" in text
+    assert "compare: u1_wilson (beta=1.0) on 4x4" in text and "start (all samplers): exact sampler u1_exact" in text
+    assert "CPU cost per independent topological_charge / hmc's" in text
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table["sampler"]) == ["hmc", "fthmc", "flow_imh"]
-    assert table["Q^2 exact"].notna().all() and (table["s/traj"] > 0).all()
-    assert (out / "spec_fthmc_4x4.json").exists()
+    assert list(table["sampler"]) == ["hmc", "fthmc", "flow_imh"] and (table["shape"] == "4x4").all()
+    assert table["topological_charge^2 exact"].notna().all() and (table["s/traj"] > 0).all()
+    assert (out / "4x4" / "1_fthmc_spec.json").exists() and (out / "4x4" / "comparison.csv").exists()
 
 
 def test_poisson_start_runs_every_command(tmp_path, monkeypatch, capsys):

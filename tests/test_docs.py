@@ -402,6 +402,27 @@ def test_the_default_job_at_full_size_matches_the_exact_values(where, words, doc
     _check_run_command(where, words, doc, tmp_path, monkeypatch, [])
 
 
+COMPARE_COMMANDS = _once(doc_commands("compare"))
+
+
+@pytest.mark.parametrize("where, words, doc", COMPARE_COMMANDS, ids=[w for w, _, _ in COMPARE_COMMANDS])
+def test_compare_commands_run_and_match_the_exact_values(where, words, doc, tmp_path, monkeypatch):
+    # every `lattice-flows compare` of a bash block, on the spec files its document writes, its --out replaced
+    monkeypatch.chdir(tmp_path)
+    for name, text in doc_files(doc).items():
+        (tmp_path / name).write_text(text)
+    argv = list(words)
+    if "--out" in argv:
+        del argv[argv.index("--out") : argv.index("--out") + 2]
+    assert main(argv + ["--out", "out", "--quiet", "--no-figures", "--threads", "1"]) == 0, where
+    frame = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert len(frame) == len([w for w in words[1:] if not w.startswith("-") and (tmp_path / w).exists()]), where
+    summaries = sorted((tmp_path / "out").glob("*_summary.csv"))
+    assert len(summaries) == len(frame), where
+    for path in summaries:
+        check_summary(pd.read_csv(path, index_col=0), f"{where} ({path.name})")
+
+
 def test_check_docs_finds_the_training_commands(monkeypatch):
     # Every `lattice-flows run` of a spec file that trains a flow is run by benchmarks/check_docs.py.
     path = ROOT / "benchmarks" / "check_docs.py"

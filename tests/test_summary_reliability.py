@@ -18,7 +18,6 @@ from lattice_flows import Simulation, analysis
 from lattice_flows.analysis import binned_error, format_value_error, gamma_method, summarize
 from lattice_flows.cli import format_summary, main, summary_warnings
 
-from benchmark_scripts import load_benchmark
 
 IDENTITY = "delta_H_identity(K=2)"
 
@@ -295,23 +294,6 @@ def test_terminal_and_csv_share_the_first_column_name(tmp_path):
     folder.write_summary(s, format_summary(s))
     assert pd.read_csv(folder.summary_csv).columns[0] == "observable" == format_summary(s).split()[0]
     assert s.index.name == "observable"
-
-
-# ----------------------------------------------------------------- compare_samplers' footnote
-
-
-def test_compare_samplers_footnote_only_for_unreliable_tau(capsys):
-    module = load_benchmark("compare_samplers")
-    row = {"beta": 6.0, "sampler": "hmc", "acc": 0.8, "exp(-dH)": 1.0, "exp(-dH) err": 0.01, "cos P": 0.9,
-           "cos P err": 0.001, "cos P exact": 0.9, "Q^2": 1.0, "Q^2 err": 0.1, "Q^2 exact": 1.0, "tau_Q": 10.0,
-           "tau_Q err": 1.0, "tau reliable": True, "tau note": "", "s/traj": 1e-3, "s/indep Q": 2e-2,
-           "training s": 0.0, "P(dH>10)": 0.0, "P(dH<-10)": 0.0}
-    module.print_table([row, {**row, "sampler": "fthmc"}], [8, 8])
-    assert "did not close" not in capsys.readouterr().out
-    note = "automatic window did not close before W_max = 250"
-    module.print_table([row, {**row, "sampler": "fthmc", "tau reliable": False, "tau note": note}], [8, 8])
-    out = capsys.readouterr().out
-    assert f"* fthmc: tau_int(Q) unreliable: {note}" in out and "hmc: tau_int" not in out.replace("fthmc", "")
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ class TopologicalCharge(_U1Observable):
     """
 
     moments: ClassVar[tuple[int, ...]] = (1, 2)
+    slow_mode: ClassVar[bool] = True  # its tau_int grows fastest toward the continuum (topological freezing)
 
     action: Action = injected("action")
     lattice_shape: tuple = injected("lattice_shape")

@@ -21,6 +21,7 @@ class U1Exact(Sampler):
     """
 
     theories = ("u1",)  # and of those only u1_wilson (applies_to)
+    exact_independent = True  # lattice-flows compare starts every sampler from its draws
 
     @classmethod
     def applies_to(cls, action) -> bool:
