@@ -13,7 +13,10 @@ acceptance), which brings in the fermion determinant. Each sampler then tunes it
 ``--thermalization`` trajectories (``target_acceptance``, at the spec's trajectory length or the one given)
 and measures ``--trajectories`` with the step fixed.
 
-Printed per sampler, with Gamma-method errors: acceptance, tau_int(Q) and whether its window closed (if not,
+Printed per sampler, with Gamma-method errors: acceptance, <exp(-dH)> (marked * with the summary's note
+when a heavy tail of dH biases it low: the mirror events that hold part of its mean are too rare to have
+been seen), the truncated identity delta_H_identity(K=2) (exactly 1 for an exact sampler however heavy the
+tail: the check to read), tau_int(Q) and whether its window closed (if not,
 or if Q never changed, it is a LOWER BOUND and so is every cost built on it: marked ">="), CG iterations and
 solves per trajectory (per chain), seconds per trajectory (the measured phase's wall time divided by
 trajectories x chains; chains advance as one batch), the same in CPU seconds of this process (less
@@ -50,6 +53,7 @@ import torch
 
 from lattice_flows import Simulation
 from lattice_flows.chain_driver import drive_chains
+from lattice_flows.analysis import IDENTITY_ROW
 from lattice_flows.compare import timed_run
 from lattice_flows.specfile import load_spec
 from lattice_flows_schwinger import reweighting
@@ -130,6 +134,9 @@ def row(name: str, sim: Simulation, table, summary, seconds: float, cpu: float, 
         "acc": float(summary.loc["accepted", "mean"]),
         "exp(-dH)": float(summary.loc["exp(-delta_H)", "mean"]),
         "exp(-dH) err": float(summary.loc["exp(-delta_H)", "error"]),
+        "exp(-dH) reliable": bool(summary.loc["exp(-delta_H)", "reliable"]),
+        "exp(-dH) note": str(summary.loc["exp(-delta_H)", "note"]),
+        "identity": float(summary.loc[IDENTITY_ROW, "mean"]), "identity err": float(summary.loc[IDENTITY_ROW, "error"]),
         "tau_Q": tau, "tau_Q err": dtau, "closed": closed, "note": note,
         "cg it/traj": float(table["action.cg_iterations"].mean()),
         "s/traj": per_traj,
@@ -163,18 +170,22 @@ def print_table(rows: list[dict], args, start_note: str, reference=None) -> None
     print(f"\n# two-flavour Schwinger model, beta = {args.beta}, mass = {args.mass}, {args.shape}x{args.shape}, "
           f"{args.dtype}, {args.chains} chains x {args.trajectories}{hmc_n} measured trajectories (after {args.thermalization} tuning)")
     print(f"# start (all samplers): {start_note}")
-    print(f"{'sampler':>16} {'step x n':>11} {'acc':>5} {'<exp(-dH)>':>13} {'tau_int(Q)':>15} {'CG it/traj':>10} "
+    print(f"{'sampler':>16} {'step x n':>11} {'acc':>5} {'<exp(-dH)>':>14} {'identity(K=2)':>13} {'tau_int(Q)':>15} {'CG it/traj':>10} "
           f"{'s/traj':>9} {'s/indep Q':>11} {'CPU s/traj':>10} {'CPU s/ind Q':>11} {'<cos x_P>':>20} {'<Q^2>':>14}")
     for r in rows:
         bound = "" if r["closed"] else ">="
         tau = f"{bound}{r['tau_Q']:.1f}" + (f"±{r['tau_Q err']:.1f}" if math.isfinite(r["tau_Q err"]) else "")
-        print(f"{r['sampler']:>16} {r['step']:>6.4f}x{r['n_steps']:<4d} {r['acc']:>5.3f} {r['exp(-dH)']:>6.3f}±{r['exp(-dH) err']:<6.3f} "
+        print(f"{r['sampler']:>16} {r['step']:>6.4f}x{r['n_steps']:<4d} {r['acc']:>5.3f} {r['exp(-dH)']:>6.3f}±{r['exp(-dH) err']:<6.3f}{' ' if r['exp(-dH) reliable'] else '*'} "
+              f"{r['identity']:>6.3f}±{r['identity err']:<6.3f} "
               f"{tau:>15} {r['cg it/traj']:>10.0f} {r['s/traj']:>9.2e} "
               f"{bound + format(r['s/indep Q'], '.2e'):>11} {r['cpu s/traj']:>10.2e} {bound + format(r['cpu s/indep Q'], '.2e'):>11} {r['plaq']:>10.5f}±{r['plaq err']:<9.5f} "
               f"{r['Q2']:>6.3f}±{r['Q2 err']:<6.3f}{'' if r['Q2 reliable'] else '*'}")
     for r in rows:
         if not r["closed"]:
             print(f"#   {r['sampler']}: tau_int(Q) is a LOWER BOUND (window not closed: {r['note']}); so is its s/indep Q")
+        if not r["exp(-dH) reliable"]:
+            print(f"#   {r['sampler']}: * <exp(-dH)> unreliable ({r['exp(-dH) note']}); "
+                  f"the identity column is the check of exactness to read")
         if not r["Q2 reliable"]:
             print(f"#   {r['sampler']}: * <Q^2> error unreliable (its own tau_int window did not close, or Q frozen)")
     if reference is not None:

@@ -77,6 +77,7 @@ def test_schwinger_hmc_vs_fthmc_runs_on_a_tiny_lattice(tmp_path, monkeypatch, ca
     assert "# exact (reweighting, ESS" in text and "hmc - exact: <cos x_P>" in text and "3 (HMC 4) measured" in text
     assert [r["sampler"] for r in rows] == ["hmc", "fthmc_untrained", "fthmc_trained"]
     assert all(r["cg it/traj"] > 0 and r["s/traj"] > 0 for r in rows)
+    assert "identity(K=2)" in text and all(0 <= r["identity"] and isinstance(r["exp(-dH) reliable"], bool) for r in rows)
     assert (tmp_path / "spec_fthmc_trained.json").exists() and (tmp_path / "flow_u1_b6.pt").exists()
 
 
