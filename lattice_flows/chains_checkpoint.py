@@ -22,7 +22,7 @@ import torch
 from . import distributed
 from .base import Action, ChainState, Sampler
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
-from .spec import build_component, component_spec, resume_difference
+from .spec import build_component, component_spec, flow_section_with_defaults, resume_difference
 
 __all__ = ["SavedRecords", "ResumedChains", "save_chains", "resume_chains", "remove_segments", "segments_dir"]
 
@@ -144,7 +144,10 @@ def resume_chains(
             f"{path}: the chains were run by {len(data['ranks'])} processes; resume with as many (now {distributed.world_size()})"
         )
     part = data["ranks"][distributed.rank()]
-    why = resume_difference(data["spec"], spec)
+    saved_spec = data["spec"]
+    if isinstance(saved_spec.get("flow"), Mapping) and context.get("flow") is not None:
+        saved_spec = {**saved_spec, "flow": flow_section_with_defaults(saved_spec["flow"], type(context["flow"]))}
+    why = resume_difference(saved_spec, spec)
     if why is not None:
         raise CheckpointError(f"{path}: the chains checkpoint was written by another spec ({why}); start a new run instead")
     sampler = build_component("samplers", part["sampler"], f"{path}: sampler", context)

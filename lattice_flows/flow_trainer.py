@@ -24,7 +24,7 @@ from .base import Action, Flow
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .errors import SpecError
 from .run_settings import SPEC_KEYS, TRAINING_SEED_OFFSET
-from .spec import differing_keys
+from .spec import differing_keys, flow_section_with_defaults
 from .training import TrainingSettings, train_flow
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,10 @@ class FlowTrainer:
         first) and, on the CPU with as many ranks as wrote it, this rank's training-RNG state. Returns the history
         (``attrs["lattice_shape"]``: the lattice it was trained on), or ``None`` if the checkpoint has none. A flow
         that differs from the checkpoint's is a :class:`CheckpointError` naming what differs."""
-        saved = data["spec"]
-        if flow_spec != saved["flow"]:
-            keys = differing_keys(saved["flow"], flow_spec)
-            diffs = "; ".join(f"{k}: checkpoint {saved['flow'].get(k)!r}, spec {flow_spec.get(k)!r}" for k in keys)
+        saved_flow = flow_section_with_defaults(data["spec"]["flow"], type(self.flow))
+        if flow_spec != saved_flow:
+            keys = differing_keys(saved_flow, flow_spec)
+            diffs = "; ".join(f"{k}: checkpoint {saved_flow.get(k)!r}, spec {flow_spec.get(k)!r}" for k in keys)
             raise CheckpointError(f"{path}: the checkpoint's flow does not match the spec's ({diffs})")
         try:
             self.flow.load_state_dict(data["flow"])
@@ -164,3 +164,4 @@ def read_flow_checkpoint(path, overrides: Mapping[str, Any]) -> tuple[dict[str, 
         if key not in SPEC_KEYS:
             raise SpecError(f"Simulation.load: unknown spec key {key!r}; accepted: {', '.join(SPEC_KEYS)}")
     return data, {**data["spec"], **overrides}
+

@@ -19,7 +19,7 @@ from .errors import ParameterError, SpecError, UnknownComponentError
 from .kinds import registry_of_kind
 
 __all__ = [
-    "spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table", "differing_keys",
+    "spec_fields", "build_from_params", "build_component", "component_spec", "params_of", "check_table", "differing_keys", "flow_section_with_defaults",
     "resume_difference",
 ]
 
@@ -51,6 +51,21 @@ def resume_difference(saved: dict[str, Any], spec: dict[str, Any]) -> str | None
         if not (isinstance(old, int) and isinstance(new, int) and new >= old):
             return f"{key} can only grow, from {old!r}; got {new!r}"
     return None
+
+
+def flow_section_with_defaults(section: Mapping[str, Any], flow_class: type) -> dict[str, Any]:
+    """A saved spec's ``flow`` section with the parameters it lacks at their defaults, as ``flow_class`` has them now.
+
+    A parameter added to a flow class after a checkpoint was written (the flow then behaved as the default
+    does) so matches a spec that holds the default. The section comes back unchanged (a copy) where it does not
+    build a configuration of ``flow_class`` (another flow, or a bad value)."""
+    config_class = getattr(flow_class, "Config", None)
+    params = {k: v for k, v in section.items() if k != "name"}
+    try:
+        completed = params_of(build_from_params(config_class, params, what="checkpoint", path="flow", context={}))
+    except Exception:  # noqa: BLE001 - compared as it is, and the comparison names what differs
+        return dict(section)
+    return {**({"name": section["name"]} if "name" in section else {}), **completed}
 
 
 def check_table(value: Any, path: str, what: str) -> Mapping[str, Any]:
@@ -136,6 +151,8 @@ def params_of(obj: Any) -> dict[str, Any]:
     for f in spec_fields(type(obj)):
         value = getattr(obj, f.name)
         if "component" in f.metadata:
+            if value is None:  # an optional component left out: left out of the spec too (TOML has no null)
+                continue
             value = component_spec(f.metadata["component"], value)
         elif isinstance(value, tuple):
             value = list(value)
