@@ -454,6 +454,8 @@ def test_spec_round_trip_and_defaults():
         "n_mixture": 6,
         "n_bins": 8,
         "rectangles": True,
+        "von_mises_beta": 0.0,
+        "latent_beta": 0.0,
     }
     flow = PlaquetteCouplingFlow.from_spec(
         {"hidden": [3], "kernel": "spline"},
@@ -464,3 +466,65 @@ def test_spec_round_trip_and_defaults():
     assert flow.to_spec()["hidden"] == [3] and isinstance(flow.circle_map, CircularSpline)
     small = PlaquetteCouplingFlow(PlaquetteCouplingFlow.Config(**PlaquetteCouplingFlow.example_params), (4, 4))
     assert sum(p.numel() for p in small.parameters()) < 2500
+
+
+# -- the von Mises start (issue 16) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("latent_beta, beta", [(0.0, 3.0), (2.0, 6.0)])
+def test_von_mises_start_maps_a_single_layers_active_plaquettes_to_the_half_map(latent_beta, beta):
+    """One layer (``mu = 0``) from the start: an active plaquette ``u`` goes to ``h(u)``, the first half map
+    from von Mises(latent_beta) to von Mises(mid), checked by the moments of ``h(u)`` under ``u``'s density
+    (quadrature), and its ``log h'`` against the exact ``log p_latent(u) - log p_mid(h(u))`` where both
+    densities exceed 1e-3 of their peaks."""
+    flow = PlaquetteCouplingFlow(
+        PlaquetteCouplingFlow.Config(n_layers=1, kernel="spline", n_bins=64, von_mises_beta=beta, latent_beta=latent_beta),
+        (4, 4),
+    ).double()
+    (lo, mid), _ = coupling.von_mises_halves(latent_beta, beta)
+    assert lo == latent_beta and mid == 0.5 * (latent_beta + beta)
+    params = flow.nets[0][-1].bias.detach()[:, None]  # the net's last layer starts at zero: its bias is the map
+    assert torch.allclose(params[:, 0], torch.from_numpy(coupling.von_mises_start(lo, mid, 64)), atol=1e-6)
+    u = torch.linspace(-math.pi, math.pi, 200001, dtype=torch.float64)[:-1]
+    with torch.no_grad():
+        theta, log_slope = flow.circle_map.forward(u, params.expand(-1, u.numel()))
+    weights = torch.exp(lo * (torch.cos(u) - 1))
+    b = torch.tensor(mid, dtype=torch.float64)
+    expected = float(torch.special.i1(b) / torch.special.i0(b))
+    assert float((torch.cos(theta) * weights).sum() / weights.sum()) == pytest.approx(expected, abs=2e-3)
+    log_norm = math.log(float(torch.special.i0(b) / torch.special.i0(torch.tensor(lo, dtype=torch.float64))))
+    exact = lo * torch.cos(u) - mid * torch.cos(theta) + log_norm
+    # where either density is not tiny (bins narrower than min_bin are kept at min_bin: the tails differ)
+    bulk = (weights > 1e-3) & (torch.exp(mid * (torch.cos(theta) - 1)) > 1e-3)
+    assert float((log_slope - exact)[bulk].abs().max()) < 0.1
+    # and the flow's layer does this to the active plaquettes of a field
+    z = torch.rand(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 * math.pi - math.pi
+    x, logdet = flow(z)
+    mu, offset = flow.labels[0]
+    active = masks.plaquette_masks((4, 4), mu, offset).active
+    before, after = plaquette_angles(z)[:, active], plaquette_angles(x)[:, active]
+    with torch.no_grad():
+        mapped, slopes = flow.circle_map.forward(before.reshape(-1), params.expand(-1, before.numel()))
+    assert float(wrap(after.reshape(-1) - mapped).abs().max()) < 1e-10
+    assert torch.allclose(logdet.detach(), slopes.reshape(3, -1).sum(1), atol=1e-10)
+
+
+def test_von_mises_start_inverts_and_only_the_first_period_is_set():
+    flow = PlaquetteCouplingFlow(
+        PlaquetteCouplingFlow.Config(n_layers=12, kernel="spline", n_bins=16, von_mises_beta=6.0, latent_beta=2.0), (8, 8)
+    ).double()
+    assert all(float(flow.nets[i][-1].bias.detach().abs().max()) > 0 for i in range(8))
+    assert all(float(flow.nets[i][-1].bias.detach().abs().max()) == 0 for i in range(8, 12))
+    z = torch.rand(4, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 * math.pi - math.pi
+    x, logdet = flow(z)
+    back, logdet_back = flow.inverse(x)
+    assert float(wrap(back - z).abs().max()) < 1e-9 and float((logdet + logdet_back).detach().abs().max()) < 1e-8
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"kernel": "ncp", "von_mises_beta": 6.0}, "needs kernel = 'spline'"),
+    ({"kernel": "spline", "n_bins": 256, "von_mises_beta": 100.0}, "narrower than float64 resolves"),
+])
+def test_von_mises_start_refuses_what_it_cannot_build(params, message):
+    with pytest.raises(ParameterError, match=message):
+        PlaquetteCouplingFlow.Config(**params)

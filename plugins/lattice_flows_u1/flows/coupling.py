@@ -19,7 +19,9 @@ the plaquette sets of :mod:`.masks`:
 
 Plaquettes and the conditioner's inputs are gauge invariant, so the flow is gauge equivariant,
 ``f(g.z) = g.f(z)`` modulo ``2 pi``; outputs are wrapped into ``[-pi, pi)``. The nets' last layers start
-at zero, so a new flow is the identity. Weights know no lattice size; everything that does (masks,
+at zero, so a new flow is the identity, unless ``von_mises_beta`` is set (kernel ``spline``): then the
+first period of layers starts as the single-plaquette map from ``exp(latent_beta cos u)`` to
+``exp(von_mises_beta cos x_P)`` (:func:`von_mises_start`), the later layers as the identity. Weights know no lattice size; everything that does (masks,
 gather indices) is a non-persistent buffer, so a ``state_dict`` saved on one lattice loads on any other.
 
 How it is computed: :func:`kernel_path` chooses one of three implementations of the same maths,
@@ -38,7 +40,10 @@ command: ``docs/flows.md``. The inverse takes the conditioner of the path (the p
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Sequence
+
+import numpy as np
 
 import attrs
 import torch
@@ -46,7 +51,8 @@ from torch import Tensor, nn
 
 from lattice_flows import Flow
 from lattice_flows.nn import ACTIVATIONS, conv_net
-from lattice_flows.params import choice, flag, integer, odd_integer, widths
+from lattice_flows.errors import ParameterError
+from lattice_flows.params import choice, flag, integer, odd_integer, real, widths
 
 from ..geometry import plaquette_angles, wrap
 from . import coupling_fused as fused
@@ -54,8 +60,9 @@ from . import coupling_plain as plain
 from . import masks
 from .circle_maps import NCP, CircleMap, CircularSpline
 from .coupling_fused import circular_indices
+from .poisson import von_mises_spline_logits
 
-__all__ = ["PlaquetteCouplingFlow", "conditioner", "circular_indices", "KERNEL_PATHS", "kernel_path", "set_kernel_path"]
+__all__ = ["PlaquetteCouplingFlow", "conditioner", "von_mises_start", "von_mises_halves", "circular_indices", "KERNEL_PATHS", "kernel_path", "set_kernel_path"]
 
 NAME = "u1_plaquette_coupling"
 
@@ -92,6 +99,34 @@ def conditioner(plaq: Tensor, mask: Tensor, net: nn.Sequential, plan: fused.Plan
     if plan is None:
         plan = fused.Plan(plaq.shape[:2], net[0].kernel_size[0], plaq.device)
     return fused.conditioner(plaq, mask, net, plan, nu)
+
+
+def von_mises_halves(latent_beta: float, beta: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The two halves of the start map, ``((latent_beta, mid), (mid, beta))`` with ``mid`` their mean: the
+    ``mu = 0`` layers of the first period take the first, the ``mu = 1`` layers the second (each plaquette is
+    active once in each direction per period; composed, the halves give the whole map)."""
+    mid = 0.5 * (latent_beta + beta)
+    return (latent_beta, mid), (mid, beta)
+
+
+def von_mises_start(latent_beta: float, beta: float, n_bins: int, min_bin: float = 1e-3, min_derivative: float = 1e-3) -> np.ndarray:
+    """Raw :class:`.circle_maps.CircularSpline` parameters ``(3 n_bins + 1,)`` (float64) of the map from
+    von Mises(``latent_beta``) to von Mises(``beta``) on one plaquette, as
+    :func:`.poisson.von_mises_spline_logits` builds it (bins the map would make narrower than ``min_bin``
+    of the circle are kept at that size, and the slopes above ``min_derivative``: both only where the
+    densities are tiny); no shift. Non-finite if a bin is too narrow for float64."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        w, h, log_slopes = von_mises_spline_logits(beta, n_bins, latent_beta)
+        scale = 1 - min_bin * n_bins  # CircularSpline: size = (softmax * scale + min_bin) * 2 pi
+
+        def logits(raw):
+            share = np.exp(raw - raw.max())
+            share /= share.sum()
+            return np.log(np.maximum(share - min_bin, 1e-6 * min_bin) / scale)
+
+        d = np.exp(log_slopes)
+        raw_d = np.log(np.expm1(np.maximum(d - min_derivative, 1e-300))) - math.log(math.expm1(1 - min_derivative))
+    return np.concatenate([logits(w), logits(h), raw_d, [0.0]])
 
 
 # -- the flow -----------------------------------------------------------------------------------
@@ -136,6 +171,29 @@ class PlaquetteCouplingFlow(Flow):
             "(the layer leaves them unchanged)",
             default=True,
         )
+        von_mises_beta: float = real(
+            help="kernel 'spline': start the first 8 layers as the single-plaquette map from exp(latent_beta cos u) "
+            "to exp(von_mises_beta cos x_P), in two halves (mu = 0 layers to the mean of the two betas, mu = 1 layers "
+            "the rest); 0 starts as the identity",
+            default=0.0, ge=0.0, le=100.0,
+        )
+        latent_beta: float = real(
+            help="with von_mises_beta: the latent plaquettes' beta of the starting map", default=0.0, ge=0.0, le=100.0,
+        )
+
+        def __attrs_post_init__(self):
+            if self.von_mises_beta > 0 and self.kernel != "spline":
+                raise ParameterError(
+                    "von_mises_beta", f"the von Mises start needs kernel = 'spline', got kernel = {self.kernel!r}"
+                )
+            if self.von_mises_beta > 0:
+                for lo, hi in von_mises_halves(self.latent_beta, self.von_mises_beta):
+                    if not np.isfinite(von_mises_start(lo, hi, self.n_bins)).all():
+                        raise ParameterError(
+                            "von_mises_beta",
+                            f"the starting spline from beta {lo:g} to {hi:g} with n_bins = {self.n_bins} has bins "
+                            "narrower than float64 resolves; use a smaller von_mises_beta or fewer bins",
+                        )
 
     def __init__(self, config: Config, lattice_shape: Sequence[int]):
         self.check_lattice(lattice_shape)
@@ -154,6 +212,13 @@ class PlaquetteCouplingFlow(Flow):
             )
             for _ in range(config.n_layers)
         )
+        if config.von_mises_beta > 0:
+            halves = von_mises_halves(config.latent_beta, config.von_mises_beta)
+            with torch.no_grad():
+                for i in range(min(config.n_layers, masks.PERIOD)):
+                    last = self.nets[i][-1]
+                    last.weight.zero_()
+                    last.bias.copy_(torch.from_numpy(von_mises_start(*halves[self.labels[i][0]], config.n_bins)))
         period = min(config.n_layers, masks.PERIOD)
         inputs = []
         for label in self.labels[:period]:
