@@ -15,11 +15,31 @@ from lattice_flows.params import real
 
 from .geometry import plaquette_angles, random_gauge_transform, wrap
 
-__all__ = ["U1Wilson"]
+__all__ = ["U1LinkFields", "U1Wilson"]
+
+
+class U1LinkFields:
+    """What every 2D U(1) gauge action on link angles ``(B, 2, L_0, L_1)`` shares: the Haar prior, the wrap
+    into ``[-pi, pi)`` and random gauge transformations. A mixin for :class:`~lattice_flows.Action` subclasses
+    that define ``field_shape``."""
+
+    def sample_prior(self, n, lattice_shape, *, generator, dtype, device) -> Tensor:
+        """Haar-random links: angles uniform in ``[-pi, pi)``, shape ``(n, 2, L_0, L_1)``."""
+        return uniform_angles((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """Uniform density ``(2 pi)^(-2V)`` on ``[-pi, pi)^(2V)``, ``(B,)``."""
+        return uniform_log_prob(x)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return wrap(x)
+
+    def random_symmetry(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return random_gauge_transform(x, generator)
 
 
 @attrs.frozen(kw_only=True)
-class U1Wilson(Action):
+class U1Wilson(U1LinkFields, Action):
     """``S(x) = beta * sum_P (1 - cos x_P)`` on a periodic ``L_0 x L_1`` lattice.
 
     Fields: link angles ``(B, 2, L_0, L_1)`` in radians; ``S`` is dimensionless, shape ``(B,)``.
@@ -65,17 +85,3 @@ class U1Wilson(Action):
         torch.sub(s, torch.roll(s, 1, dims=2), out=f[:, 0])
         torch.sub(torch.roll(s, 1, dims=1), s, out=f[:, 1])
         return f.mul_(self.beta)
-
-    def sample_prior(self, n, lattice_shape, *, generator, dtype, device) -> Tensor:
-        """Haar-random links: angles uniform in ``[-pi, pi)``, shape ``(n, 2, L_0, L_1)``."""
-        return uniform_angles((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
-
-    def prior_log_prob(self, x: Tensor) -> Tensor:
-        """Uniform density ``(2 pi)^(-2V)`` on ``[-pi, pi)^(2V)``, ``(B,)``."""
-        return uniform_log_prob(x)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        return wrap(x)
-
-    def random_symmetry(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return random_gauge_transform(x, generator)

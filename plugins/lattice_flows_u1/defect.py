@@ -20,18 +20,17 @@ import torch
 from torch import Tensor
 
 from lattice_flows import Action
-from lattice_flows.angles import uniform_angles, uniform_log_prob
 from lattice_flows.errors import ParameterError
 from lattice_flows.params import real, widths
 
-from .action import U1Wilson
-from .geometry import plaquette_angles, random_gauge_transform, wrap
+from .action import U1LinkFields, U1Wilson
+from .geometry import plaquette_angles
 
 __all__ = ["U1WilsonDefect"]
 
 
 @attrs.frozen(kw_only=True)
-class U1WilsonDefect(Action):
+class U1WilsonDefect(U1LinkFields, Action):
     """``S(x) = sum_P beta_P (1 - cos x_P)``, ``beta_P = defect_beta`` on an ``a x b`` block of plaquettes at the
     origin and ``beta`` elsewhere. Fields: link angles ``(B, 2, L_0, L_1)``; ``S`` is ``(B,)``. The lattice must
     hold the block (``L_0 >= a``, ``L_1 >= b``)."""
@@ -75,17 +74,3 @@ class U1WilsonDefect(Action):
         """``dS/dx_mu(n)``: as :meth:`U1Wilson.force` with each plaquette's ``sin x_P`` weighted by its ``beta_P``."""
         s = torch.sin(plaquette_angles(x)) * self.couplings(x.shape[2:], dtype=x.dtype, device=x.device)
         return torch.stack([s - torch.roll(s, 1, dims=2), torch.roll(s, 1, dims=1) - s], dim=1)
-
-    def sample_prior(self, n, lattice_shape, *, generator, dtype, device) -> Tensor:
-        """Haar-random links: angles uniform in ``[-pi, pi)``, shape ``(n, 2, L_0, L_1)``."""
-        return uniform_angles((n, *self.field_shape(lattice_shape)), generator=generator, dtype=dtype, device=device)
-
-    def prior_log_prob(self, x: Tensor) -> Tensor:
-        """Uniform density ``(2 pi)^(-2V)`` on ``[-pi, pi)^(2V)``, ``(B,)``."""
-        return uniform_log_prob(x)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        return wrap(x)
-
-    def random_symmetry(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return random_gauge_transform(x, generator)
