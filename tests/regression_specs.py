@@ -4,7 +4,8 @@ step shows there) and, for specs with a ``training`` section, the training histo
 
 ``tests/test_regression_tables.py`` checks that the code still produces these fingerprints bit for bit:
 a refactoring must not change any number a user gets. The fingerprints in ``tests/data/regression_hashes.json``
-were recorded with torch 2.13.0 on the CPU, one thread; record them anew (only for a change that is meant to
+were recorded with torch 2.13.0 on the CPU, one thread, with the AVX2 kernels on x86-64 (``tests/conftest.py`` and this
+script select them: float32 bits differ between AVX2 and AVX-512 kernels); record them anew (only for a change that is meant to
 alter results, said so in its commit message) with
 
     python tests/regression_specs.py --record
@@ -19,13 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
+if platform.machine().lower() in ("x86_64", "amd64"):  # as tests/conftest.py: record with the AVX2 kernels
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+
+import torch  # noqa: E402  (after the kernel choice above)
 
 HASHES = Path(__file__).parent / "data" / "regression_hashes.json"
 
@@ -97,6 +103,15 @@ SPECS: dict[str, dict[str, Any]] = {
         "training": {**TRAIN, "schedule": "cosine", "grad_clip": 1.0}, "sampler": "flow_imh", **_run(dtype="float32"),
     },
     "u1_exact": {**U1, "sampler": "u1_exact", "observables": U1_OBSERVABLES, **_run(n_chains=3)},
+    "u1_nonequilibrium_from_wilson": {
+        **U1, "sampler": {"name": "nonequilibrium", "prior": {"name": "u1_wilson", "beta": 1.0}, "n_switch": 3,
+                          "integrator": leapfrog(0.2, 3)}, **_run(),
+    },
+    "u1_nonequilibrium_from_defect_float32": {
+        **U1, "sampler": {"name": "nonequilibrium", "n_switch": 2, "prior_updates": 2, "integrator": leapfrog(0.2, 3),
+                          "prior": {"name": "u1_wilson_defect", "beta": 2.0, "defect_beta": 0.5, "defect_shape": [2, 1]}},
+        **_run(dtype="float32"),
+    },
     "phi4_hmc_leapfrog": {**PHI4, "sampler": {"name": "hmc", "integrator": leapfrog(0.3, 3)}, "observables": PHI4_OBSERVABLES, **_run()},
     "phi4_fthmc_affine_trained": {
         **PHI4, "flow": {"name": "affine_coupling", "n_layers": 4, "hidden": [4]}, "training": {**TRAIN, "force_penalty": 0.1},

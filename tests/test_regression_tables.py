@@ -30,7 +30,11 @@ def test_spec_gives_the_recorded_results(name, device):
     if torch.__version__.split("+")[0] != RECORDED["torch"].split("+")[0]:
         pytest.fail(f"fingerprints were recorded with torch {RECORDED['torch']}, this is {torch.__version__}: "
                     "run the suite with the pinned torch (README), or record them anew")
-    assert fingerprint(SPECS[name]) == RECORDED["hashes"][name]
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert fingerprint(SPECS[name]) == RECORDED["hashes"][name], (
+        f"{name}: not the recorded results (torch's CPU kernels here: {capability}; the fingerprints are of the AVX2 "
+        "kernels that tests/conftest.py selects on x86-64)"
+    )
 
 
 def test_checkpoints_of_the_recorded_code_still_load_and_resume(tmp_path, device):
