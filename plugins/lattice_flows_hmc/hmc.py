@@ -14,7 +14,7 @@ from lattice_flows.params import component, real
 from lattice_flows.phase_space import FLAT, PhaseSpace
 
 __all__ = [
-    "HMC", "StepSizeTuning", "kinetic_energy", "metropolis", "select", "statistics_columns", "tune_step_size", "tuning_report",
+    "HMC", "StepSizeTuning", "hamiltonian_trajectory", "kinetic_energy", "metropolis", "select", "statistics_columns", "tune_step_size", "tuning_report",
     "target_acceptance", "trajectory_length",
 ]
 
@@ -131,6 +131,16 @@ def statistics_columns(dynamics) -> dict[str, Tensor]:
     return {f"action.{name}": value for name, value in dynamics.statistics().items()}
 
 
+def hamiltonian_trajectory(
+    integrator: Integrator, x: Tensor, v: Tensor, action: Action, phase_space: PhaseSpace
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One trajectory of ``integrator`` from ``(x, v)`` with ``H = K(v) + S(x)`` (``K`` of ``phase_space``, ``S``
+    ``action``: anything with ``__call__`` ``(B,)`` and ``force``): ``(x', v', delta_H (B,))``, nothing accepted."""
+    h0 = phase_space.kinetic_energy(v) + action(x)
+    x1, v1 = integrator.integrate_on(x, v, action.force, phase_space)
+    return x1, v1, phase_space.kinetic_energy(v1) + action(x1) - h0
+
+
 def metropolis(delta_H: Tensor, generator: torch.Generator) -> Tensor:
     """Accept with probability ``min(1, exp(-delta_H))``: bool ``(B,)``. A NaN ``delta_H`` is rejected."""
     u = torch.rand(delta_H.shape, generator=generator, dtype=delta_H.dtype, device=delta_H.device)
@@ -182,10 +192,7 @@ class HMC(StepSizeTuning, Sampler):
         ``H = K(v) + S(x)`` with ``K`` of ``phase_space`` (default: ``action.phase_space``); ``action`` is the
         one the trajectory runs with (what :meth:`Action.refresh` returned, for an action with auxiliary fields).
         """
-        phase_space = action.phase_space if phase_space is None else phase_space
-        h0 = phase_space.kinetic_energy(v) + action(x)
-        x1, v1 = self.integrator.integrate_on(x, v, action.force, phase_space)
-        return x1, v1, phase_space.kinetic_energy(v1) + action(x1) - h0
+        return hamiltonian_trajectory(self.integrator, x, v, action, action.phase_space if phase_space is None else phase_space)
 
     def step(self, state: ChainState, action: Action, generator: torch.Generator):
         x = state.x

@@ -35,7 +35,7 @@ from torch import Tensor
 from lattice_flows import Action, ChainState, Integrator, Sampler
 from lattice_flows.params import component, integer
 
-from .hmc import metropolis, select
+from .hmc import hamiltonian_trajectory, metropolis, select
 
 __all__ = ["InterpolatedAction", "NonEquilibrium", "NonEquilibriumState"]
 
@@ -114,10 +114,8 @@ class NonEquilibrium(Sampler):
 
     def _trajectory(self, x: Tensor, action, phase_space, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """One HMC trajectory with its Metropolis test on every chain: ``(x', accepted (B,))``."""
-        v = phase_space.sample_momenta(x, generator)
-        h0 = phase_space.kinetic_energy(v) + action(x)
-        x1, v1 = self.integrator.integrate_on(x, v, action.force, phase_space)
-        accepted = metropolis(phase_space.kinetic_energy(v1) + action(x1) - h0, generator)
+        x1, _, delta_H = hamiltonian_trajectory(self.integrator, x, phase_space.sample_momenta(x, generator), action, phase_space)
+        accepted = metropolis(delta_H, generator)
         return select(accepted, x1, x), accepted
 
     def propose(self, y: Tensor, action: Action, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
