@@ -184,7 +184,7 @@ def common_start(contestants: Sequence[Contestant], *, equilibrate: int) -> Star
         state, _ = sim.sampler.step(sim.sampler.init(sim.initial_fields(g), sim.action), sim.action, g)
         return Start(fields=state.x, note=f"exact sampler {exact} (independent equilibrium configurations)",
                      seconds=time.perf_counter() - t0)
-    plain = [c for c in contestants if getattr(c.simulation.sampler, "flow", None) is None]
+    plain = [c for c in contestants if not c.simulation.samples_through_flow]
     chosen = (plain or list(contestants))[0]
     sim = chosen.simulation
     g = torch.Generator(device=sim.device).manual_seed(seed)
@@ -227,7 +227,7 @@ def slow_observable(sim: Simulation, summary: pd.DataFrame) -> str | None:
 
 def _training_seconds(sim: Simulation) -> float:
     """The flow's training seconds, from its history, when the sampler goes through the flow; else 0."""
-    if getattr(sim.sampler, "flow", None) is None or sim.history is None or not len(sim.history):
+    if not sim.samples_through_flow or sim.history is None or not len(sim.history):
         return 0.0
     return float(sim.history["seconds"].iloc[-1])
 
@@ -456,7 +456,7 @@ def _figures(out: Path, contestants: Sequence[Contestant], runs: dict[str, Measu
     written = [path]
     for i, c in enumerate(contestants):
         sim, run = c.simulation, runs[c.label]
-        history = sim.history if getattr(sim.sampler, "flow", None) is not None else None
+        history = sim.history if sim.samples_through_flow else None
         written += write_figures(out / f"figures_{_file_key(i, c.label)}", run.table, summary=run.summary,
                                  observables=sim.observables, history=history, lattice_shape=sim.lattice_shape)
     return written

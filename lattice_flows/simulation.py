@@ -231,12 +231,17 @@ class Simulation:
             sim.history = history
         return sim
 
+    @property
+    def samples_through_flow(self) -> bool:
+        """Whether the sampler moves through the flow (it has the flow injected: ``fthmc``, ``flow_imh``)."""
+        return getattr(self.sampler, "flow", None) is not None
+
     def check_flow(self) -> dict[str, Any] | None:
         """When the sampler goes through the flow: its health on fresh samples of this lattice
         (:func:`~lattice_flows.training.check_flow_health`), raising
         :class:`~lattice_flows.training.FlowHealthError` if a weight, the loss or the ESS is not finite.
         Returns the report, or ``None`` when no flow is sampled through."""
-        if self.flow is None or getattr(self.sampler, "flow", None) is None:
+        if self.flow is None or not self.samples_through_flow:
             return None
         return check_flow_health(
             self.flow, self.action, self.lattice_shape, dtype=self.dtype, device=self.device, seed=self.settings.seed,
