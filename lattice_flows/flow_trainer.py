@@ -164,4 +164,3 @@ def read_flow_checkpoint(path, overrides: Mapping[str, Any]) -> tuple[dict[str, 
         if key not in SPEC_KEYS:
             raise SpecError(f"Simulation.load: unknown spec key {key!r}; accepted: {', '.join(SPEC_KEYS)}")
     return data, {**data["spec"], **overrides}
-

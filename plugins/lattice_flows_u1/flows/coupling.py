@@ -21,8 +21,9 @@ Plaquettes and the conditioner's inputs are gauge invariant, so the flow is gaug
 ``f(g.z) = g.f(z)`` modulo ``2 pi``; outputs are wrapped into ``[-pi, pi)``. The nets' last layers start
 at zero, so a new flow is the identity, unless ``von_mises_beta`` is set (kernel ``spline``): then the
 first period of layers starts as the single-plaquette map from ``exp(latent_beta cos u)`` to
-``exp(von_mises_beta cos x_P)`` (:func:`von_mises_start`), the later layers as the identity. Weights know no lattice size; everything that does (masks,
-gather indices) is a non-persistent buffer, so a ``state_dict`` saved on one lattice loads on any other.
+``exp(von_mises_beta cos x_P)`` (:func:`von_mises_start`), the later layers as the identity. Weights know
+no lattice size; everything that does (masks, gather indices) is a non-persistent buffer, so a
+``state_dict`` saved on one lattice loads on any other.
 
 How it is computed: :func:`kernel_path` chooses one of three implementations of the same maths,
 
@@ -43,9 +44,8 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Sequence
 
-import numpy as np
-
 import attrs
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -212,14 +212,15 @@ class PlaquetteCouplingFlow(Flow):
             )
             for _ in range(config.n_layers)
         )
-        if config.von_mises_beta > 0:
-            halves = von_mises_halves(config.latent_beta, config.von_mises_beta)
+        period = min(config.n_layers, masks.PERIOD)
+        if config.von_mises_beta > 0:  # the first period's last layers: mu = 0 the first half of the map, mu = 1 the second
+            starts = [torch.from_numpy(von_mises_start(lo, hi, config.n_bins))
+                      for lo, hi in von_mises_halves(config.latent_beta, config.von_mises_beta)]
             with torch.no_grad():
-                for i in range(min(config.n_layers, masks.PERIOD)):
+                for i in range(period):
                     last = self.nets[i][-1]
                     last.weight.zero_()
-                    last.bias.copy_(torch.from_numpy(von_mises_start(*halves[self.labels[i][0]], config.n_bins)))
-        period = min(config.n_layers, masks.PERIOD)
+                    last.bias.copy_(starts[self.labels[i][0]])
         inputs = []
         for label in self.labels[:period]:
             m = masks.plaquette_masks(lattice_shape, *label)
