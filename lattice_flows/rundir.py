@@ -35,6 +35,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +204,23 @@ class RunFolder:
         self.remove_orphans()
         return self
 
+    #: How long :meth:`holder` waits for a holder that has just taken the lock to write its details (seconds).
+    HOLDER_WAIT = 0.5
+
     def holder(self) -> str:
-        """Who holds the lock, in words (from the lock file), e.g. ``pid 123 on host a (lattice-flows run s.toml), since ...``."""
-        try:
-            info = json.loads(self.lock_file.read_text())
-            return f"pid {info['pid']} on host {info['host']} ({info['command']}), since {info['started']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process (it has not written its details yet)"
+        """Who holds the lock, in words (from the lock file), e.g. ``pid 123 on host a (lattice-flows run s.toml), since ...``.
+
+        A process that has just taken the lock writes its details a moment later: until then the file is empty,
+        and this reads it again for up to :attr:`HOLDER_WAIT` seconds before it gives up on the details."""
+        deadline = time.monotonic() + self.HOLDER_WAIT
+        while True:
+            try:
+                info = json.loads(self.lock_file.read_text())
+                return f"pid {info['pid']} on host {info['host']} ({info['command']}), since {info['started']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                if time.monotonic() >= deadline:
+                    return "another process (it has not written its details yet)"
+                time.sleep(0.02)
 
     def release(self) -> None:
         """Give the lock back (the process's end does it too)."""
