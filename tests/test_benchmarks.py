@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pandas as pd
@@ -79,6 +80,21 @@ def test_schwinger_hmc_vs_fthmc_runs_on_a_tiny_lattice(tmp_path, monkeypatch, ca
     assert all(r["cg it/traj"] > 0 and r["s/traj"] > 0 for r in rows)
     assert "identity(K=2)" in text and all(0 <= r["identity"] and isinstance(r["exp(-dH) reliable"], bool) for r in rows)
     assert (tmp_path / "spec_fthmc_trained.json").exists() and (tmp_path / "flow_u1_b6.pt").exists()
+
+
+def test_schwinger_hmc_vs_fthmc_passes_latent_beta_and_even_odd_to_every_sampler(tmp_path, monkeypatch, capsys):
+    argv = ["schwinger_hmc_vs_fthmc.py", "--shape", "4", "--chains", "2", "--equilibrate", "1", "--thermalization", "2",
+            "--trajectories", "2", "--samplers", "hmc", "fthmc_untrained", "fthmc_trained", "--train-seconds", "1",
+            "--reference-n", "0", "--latent-beta", "3.5", "--even-odd", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark("schwinger_hmc_vs_fthmc").main()
+    text = capsys.readouterr().out
+    assert "even-odd pseudofermions, flow latent_beta 3.5" in text
+    for name in ("hmc", "fthmc_untrained", "fthmc_trained"):
+        spec = json.loads((tmp_path / f"spec_{name}.json").read_text())
+        assert spec["action"]["even_odd"] is True, name
+        if name != "hmc":
+            assert spec["flow"]["latent_beta"] == 3.5 and spec["flow"]["von_mises_beta"] == 6.0, name
 
 
 def test_schwinger_even_odd_hmc_runs_both_variants(monkeypatch, capsys):
