@@ -112,6 +112,11 @@ SPECS: dict[str, dict[str, Any]] = {
                           "prior": {"name": "u1_wilson_defect", "beta": 2.0, "defect_beta": 0.5, "defect_shape": [2, 1]}},
         **_run(dtype="float32"),
     },
+    "u1_nonequilibrium_transport_float32": {
+        **U1, "sampler": {"name": "u1_nonequilibrium_transport", "prior": {"name": "u1_wilson", "beta": 1.0},
+                          "n_switch": 3, "transport_layers": 8, "integrator": leapfrog(0.2, 3)},
+        **_run(dtype="float32"),
+    },
     "phi4_hmc_leapfrog": {**PHI4, "sampler": {"name": "hmc", "integrator": leapfrog(0.3, 3)}, "observables": PHI4_OBSERVABLES, **_run()},
     "phi4_fthmc_affine_trained": {
         **PHI4, "flow": {"name": "affine_coupling", "n_layers": 4, "hidden": [4]}, "training": {**TRAIN, "force_penalty": 0.1},

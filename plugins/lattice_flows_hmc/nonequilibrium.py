@@ -21,6 +21,10 @@ The chain of ``(y, x, W)`` has the stationary density ``p_prior(y) P(path | y) e
 one lowers the acceptance, never the correctness. ``delta_H = W' - W``, so ``<exp(-delta_H)> = 1`` holds as for
 HMC (``docs/equations.md``). The cost of one update is ``prior_updates + n_switch - 1`` trajectories.
 
+:meth:`NonEquilibrium.switch` is where a subclass puts a deterministic map between the steps (its Jacobian in the
+work): ``u1_nonequilibrium_transport`` (``lattice_flows_u1.nonequilibrium``) moves the plaquettes toward the next
+coupling there.
+
 Where topology freezes at the target's coupling, the prior at a smaller coupling moves it in a few trajectories,
 the protocol carries it to the target, and the work reweights it exactly. Actions with auxiliary fields
 (pseudofermions) are not supported yet: the work needs ``S(x)`` itself at every step.
@@ -118,6 +122,13 @@ class NonEquilibrium(Sampler):
         accepted = metropolis(delta_H, generator)
         return select(accepted, x1, x), accepted
 
+    def switch(self, k: int, x: Tensor, work: Tensor, current: InterpolatedAction, s_previous: Tensor) -> tuple[Tensor, Tensor]:
+        """Step ``k`` of the protocol, where the action changes from ``S_{k-1}`` (its value at ``x``: ``s_previous``
+        ``(B,)``) to ``current`` = ``S_k``: ``(x, work + S_k(x) - S_{k-1}(x))``, the fields unchanged. A subclass
+        may move the fields here by an invertible map ``f`` and return ``(f(x), work + S_k(f(x)) - S_{k-1}(x) -
+        log|det df/dx|)``: the weight stays exact (a stochastic normalizing flow with a deterministic layer)."""
+        return x, work + current(x) - s_previous
+
     def propose(self, y: Tensor, action: Action, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """From prior fields ``y`` ``(B, *field_shape)``: ``(y', x', W' (B,), mean acceptance of the protocol's
         trajectories (B,))`` (steps 1 and 2 of the module docstring)."""
@@ -134,7 +145,7 @@ class NonEquilibrium(Sampler):
         for k in range(1, self.n_switch + 1):
             current = InterpolatedAction(prior, action, k / self.n_switch)
             with torch.no_grad():
-                work = work + current(x) - s_previous
+                x, work = self.switch(k, x, work, current, s_previous)
             if k == self.n_switch:
                 break
             x, acc = self._trajectory(x, current, phase_space, generator)
