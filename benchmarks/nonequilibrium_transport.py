@@ -1,13 +1,15 @@
 """Would flow layers between the switching steps pay? Non-equilibrium protocols with and without a transport map.
 
-Issue 16 asks whether learned layers inside the ``nonequilibrium`` sampler (a stochastic normalizing flow,
-arXiv:2201.08862) make it cheaper than the flow-free protocol. This measures the best case that needs no
-training: before each HMC trajectory of the protocol from ``u1_wilson`` at ``--prior-beta`` to ``--beta``, the
-fields go through ``u1_plaquette_coupling`` layers started as the single-plaquette von Mises map from
-``beta_{k-1}`` to ``beta_k`` (``von_mises_beta``, ``latent_beta``; ``--layers`` of them, 4 make every plaquette
-active once, no hidden convolutions), and the work gains
-``S_k(f(x)) - S_{k-1}(x) - log|det df/dx|`` instead of ``S_k(x) - S_{k-1}(x)``. Both keep the weight exact (the
-map is invertible and its Jacobian is counted), so only the variance of the work and the cost change.
+Issue 16 asks whether flow layers inside the ``nonequilibrium`` sampler (a stochastic normalizing flow,
+arXiv:2201.08862) make it cheaper than the flow-free protocol. This measures the case that needs no training:
+before each HMC trajectory of the protocol from ``u1_wilson`` at ``--prior-beta`` to ``--beta``, the fields go
+through ``--layers`` plaquette coupling layers started as the single-plaquette von Mises map from ``beta_{k-1}``
+toward ``beta_{k-1} + reach (beta_k - beta_{k-1})`` (``u1_plaquette_coupling`` with ``hidden = []``; with
+``--context-free`` the same map without the conditioner, :class:`VonMisesTransport`, which is what the sampler
+``u1_nonequilibrium_transport`` applies), and the work gains ``S_k(f(x)) - S_{k-1}(x) - log|det df/dx|`` instead
+of ``S_k(x) - S_{k-1}(x)``. Both keep the weight exact (the map is invertible and its Jacobian is counted), so
+only the variance of the work and the cost change. The 4 layers of direction 0 move each plaquette once and
+half of the way (``reach 1``: to the midpoint of the step).
 
 Every protocol starts from ``--chains`` exact configurations of the prior (``sample_exact``, the prior's own
 exact sampler, so no prior chain is needed); it does not run the Markov chain, it measures what decides its
@@ -17,7 +19,8 @@ bootstrap error), the pair acceptance ``<min(1, exp(W_j - W_i))>`` over all pair
 and chain (this process, one thread), split into HMC trajectories and flow layers.
 
     python benchmarks/nonequilibrium_transport.py                                   # 16x16, prior beta 3: ~2 min
-    python benchmarks/nonequilibrium_transport.py --shape 8 --prior-beta 2 --n-switch 100 50 30
+    python benchmarks/nonequilibrium_transport.py --context-free --n-switch 200 50 25
+    python benchmarks/nonequilibrium_transport.py --shape 8 --prior-beta 2 --n-switch 100 30 --context-free
 
 CPU time of one process on a machine that may be shared: read the ratios, and rerun before quoting.
 """
@@ -31,14 +34,11 @@ import time
 import torch
 
 from lattice_flows import Simulation
-from lattice_flows.angles import wrap
 from lattice_flows_hmc.hmc import hamiltonian_trajectory, metropolis, select
 from lattice_flows_hmc.nonequilibrium import InterpolatedAction
 from lattice_flows_u1.exact_sampling import sample_exact
-from lattice_flows_u1.flows import coupling_plain as plain
-from lattice_flows_u1.flows import masks
 from lattice_flows_u1.flows.coupling import PlaquetteCouplingFlow
-from lattice_flows_u1.geometry import plaquette_angles
+from lattice_flows_u1.flows.von_mises_transport import VonMisesTransport
 
 
 def transport_flows(betas: list[float], layers: int, n_bins: int, shape: tuple[int, int],
@@ -56,30 +56,6 @@ def transport_flows(betas: list[float], layers: int, n_bins: int, shape: tuple[i
     ]
 
 
-class ContextFree:
-    """The same maps as a :func:`transport_flows` flow without its conditioner: the nets of the von Mises start
-    have zero weights, so every active plaquette goes through the one spline held in the last bias; this
-    applies that spline directly (:mod:`lattice_flows_u1.flows.coupling_plain`), which is what a layer without
-    context would cost. Links ``(B, 2, L_0, L_1)`` -> ``(links, log|det| (B,))``."""
-
-    def __init__(self, flow: PlaquetteCouplingFlow):
-        self.circle_map = flow.circle_map
-        self.labels = flow.labels
-        self.params = [net[-1].bias.detach() for net in flow.nets]
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        plaq = plaquette_angles(x).permute(1, 2, 0).contiguous()  # (L_0, L_1, B)
-        logdet = x.new_zeros(x.shape[0])
-        shift = torch.zeros_like(plaq), torch.zeros_like(plaq)
-        for (mu, offset), params in zip(self.labels, self.params):
-            active = plain.stripe(plaq, mu, offset)
-            delta, logd = self.circle_map.displacement_plain(active, params.view(-1, 1, 1, 1).expand(-1, *active.shape))
-            plaq = plain.moved(plaq, delta, mu, offset)
-            plain.stripe(shift[mu], mu, offset).add_(delta if masks.ACTIVE_SIGN[mu] > 0 else -delta)
-            logdet = logdet + logd.sum(dim=(0, 1))
-        return wrap(x + torch.stack(shift).permute(3, 0, 1, 2)), logdet
-
-
 def protocol(args, n_switch: int, transport: bool, seed: int) -> dict:
     """Works ``(B,)`` of ``--chains`` protocols from exact prior fields, and their CPU seconds."""
     shape = (args.shape, args.shape)
@@ -91,9 +67,12 @@ def protocol(args, n_switch: int, transport: bool, seed: int) -> dict:
     })
     sampler, action = sim.sampler, sim.action
     betas = [args.prior_beta + (args.beta - args.prior_beta) * k / n_switch for k in range(n_switch + 1)]
-    flows = transport_flows(betas, args.layers, args.n_bins, shape, args.reach) if transport else []
-    if transport and args.context_free:
-        flows = [ContextFree(f) for f in flows]
+    flows = []
+    if transport and args.context_free:  # what u1_nonequilibrium_transport applies
+        flows = [VonMisesTransport(lo, lo + args.reach * (hi - lo), n_layers=args.layers, n_bins=args.n_bins)
+                 for lo, hi in zip(betas[:-1], betas[1:])]
+    elif transport:
+        flows = transport_flows(betas, args.layers, args.n_bins, shape, args.reach)
     g = torch.Generator().manual_seed(seed)
     x = sample_exact(args.prior_beta, args.chains, shape, generator=g, dtype=torch.float64)
     work = torch.zeros(args.chains, dtype=torch.float64)
@@ -144,7 +123,8 @@ def main(argv=None) -> list[dict]:
                    help="von_mises_beta = beta_{k-1} + reach (beta_k - beta_{k-1}); with 4 layers (mu = 0 only) the map "
                    "covers half of that: reach 1 takes each plaquette half way, reach 2 all the way")
     p.add_argument("--context-free", action="store_true",
-                   help="apply the layers' spline without the conditioner (the same map, what a layer without context costs)")
+                   help="the layers without their conditioner (VonMisesTransport, what u1_nonequilibrium_transport applies): "
+                   "the same map (to float32 rounding of the flow's start), at a fraction of the cost")
     p.add_argument("--step-size", type=float, default=0.1)
     p.add_argument("--n-steps", type=int, default=5)
     p.add_argument("--chains", type=int, default=64)

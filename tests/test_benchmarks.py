@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
@@ -144,13 +143,3 @@ def test_nonequilibrium_transport_work_obeys_jarzynski_against_the_exact_free_en
     assert abs(estimate - exact) < 4 * error, (estimate, exact, error)
     assert error < 0.05  # a protocol this short and small still measures it well
 
-
-def test_nonequilibrium_transport_context_free_layers_are_the_flows_map():
-    bench = load_benchmark("nonequilibrium_transport")
-    (flow,) = bench.transport_flows([3.0, 3.5], 8, 16, (8, 8), reach=1.0)
-    x = (torch.rand(4, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1) * math.pi
-    with torch.no_grad():
-        y, logdet = flow(x)
-        y_free, logdet_free = bench.ContextFree(flow)(x)
-    assert float(torch.remainder(y - y_free + math.pi, 2 * math.pi).sub(math.pi).abs().max()) < 1e-10
-    assert float((logdet - logdet_free).abs().max()) < 1e-10
