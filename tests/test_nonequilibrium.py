@@ -17,7 +17,8 @@ from lattice_flows.errors import SpecError
 from lattice_flows.forces import autograd_force
 from lattice_flows.registry import ACTIONS, SAMPLERS
 from lattice_flows_hmc.nonequilibrium import InterpolatedAction, NonEquilibrium
-from lattice_flows_u1 import exact
+
+from exact_checks import check_against_exact
 
 INTEGRATOR = {"name": "leapfrog", "step_size": 0.1, "n_steps": 5}
 
@@ -78,12 +79,8 @@ def test_nonequilibrium_mcmc_reproduces_the_exact_values():
     sim = Simulation.from_spec(_spec(4.0, (4, 4), 1.0, 12, 300))
     table = sim.run(progress=False)
     summary = sim.summary(table)
-    for name, value in (("plaquette", exact.plaquette(4.0, (4, 4))),
-                        ("topological_charge^2", exact.topological_charge_squared(4.0, (4, 4))),
-                        ("delta_H_identity(K=2)", 1.0)):
-        row = summary.loc[name]
-        assert bool(row["reliable"]), (name, row["note"])
-        assert abs(row["mean"] - value) < 4 * row["error"], (name, row["mean"], row["error"], value)
+    for row in ("plaquette", "topological_charge^2", "delta_H_identity(K=2)"):
+        check_against_exact(summary, row, max_error=0.1)  # the summary's exact values: lattice_flows_u1.exact
     # the chain accepts often enough to be a test of the weights, not of a frozen start
     assert 0.1 < summary.loc["accepted", "mean"] < 0.95
     assert isinstance(sim.sampler, NonEquilibrium)
@@ -117,9 +114,5 @@ def test_nonequilibrium_from_a_defect_prior_reproduces_the_exact_values():
     spec["sampler"]["prior"] = {"name": "u1_wilson_defect", "beta": 3.0, "defect_beta": 0.0, "defect_shape": [1, 2]}
     sim = Simulation.from_spec(spec)
     summary = sim.summary(sim.run(progress=False))
-    for name, value in (("plaquette", exact.plaquette(3.0, (4, 4))),
-                        ("topological_charge^2", exact.topological_charge_squared(3.0, (4, 4))),
-                        ("delta_H_identity(K=2)", 1.0)):
-        row = summary.loc[name]
-        assert bool(row["reliable"]), (name, row["note"])
-        assert abs(row["mean"] - value) < 4 * row["error"], (name, row["mean"], row["error"], value)
+    for row in ("plaquette", "topological_charge^2", "delta_H_identity(K=2)"):
+        check_against_exact(summary, row, max_error=0.1)  # the summary's exact values: lattice_flows_u1.exact
