@@ -62,7 +62,7 @@ from .circle_maps import NCP, CircleMap, CircularSpline
 from .coupling_fused import circular_indices
 from .poisson import von_mises_spline_logits
 
-__all__ = ["PlaquetteCouplingFlow", "conditioner", "von_mises_start", "von_mises_halves", "circular_indices", "KERNEL_PATHS", "kernel_path", "set_kernel_path"]
+__all__ = ["PlaquetteCouplingFlow", "conditioner", "von_mises_start", "von_mises_halves", "von_mises_start_halves", "circular_indices", "KERNEL_PATHS", "kernel_path", "set_kernel_path"]
 
 NAME = "u1_plaquette_coupling"
 
@@ -129,6 +129,21 @@ def von_mises_start(latent_beta: float, beta: float, n_bins: int, min_bin: float
     return np.concatenate([logits(w), logits(h), raw_d, [0.0]])
 
 
+def von_mises_start_halves(latent_beta: float, beta: float, n_bins: int) -> list[np.ndarray]:
+    """:func:`von_mises_start` of both :func:`von_mises_halves` (the ``mu = 0`` layers' map first), or
+    ``ValueError`` if a half has bins too narrow for float64 (a non-finite parameter)."""
+    starts = []
+    for lo, hi in von_mises_halves(latent_beta, beta):
+        start = von_mises_start(lo, hi, n_bins)
+        if not np.isfinite(start).all():
+            raise ValueError(
+                f"the starting spline from beta {lo:g} to {hi:g} with n_bins = {n_bins} has bins narrower than "
+                "float64 resolves"
+            )
+        starts.append(start)
+    return starts
+
+
 # -- the flow -----------------------------------------------------------------------------------
 
 
@@ -187,13 +202,10 @@ class PlaquetteCouplingFlow(Flow):
                     "von_mises_beta", f"the von Mises start needs kernel = 'spline', got kernel = {self.kernel!r}"
                 )
             if self.von_mises_beta > 0:
-                for lo, hi in von_mises_halves(self.latent_beta, self.von_mises_beta):
-                    if not np.isfinite(von_mises_start(lo, hi, self.n_bins)).all():
-                        raise ParameterError(
-                            "von_mises_beta",
-                            f"the starting spline from beta {lo:g} to {hi:g} with n_bins = {self.n_bins} has bins "
-                            "narrower than float64 resolves; use a smaller von_mises_beta or fewer bins",
-                        )
+                try:
+                    von_mises_start_halves(self.latent_beta, self.von_mises_beta, self.n_bins)
+                except ValueError as exc:
+                    raise ParameterError("von_mises_beta", f"{exc}; use a smaller von_mises_beta or fewer bins") from None
 
     def __init__(self, config: Config, lattice_shape: Sequence[int]):
         self.check_lattice(lattice_shape)
@@ -214,8 +226,8 @@ class PlaquetteCouplingFlow(Flow):
         )
         period = min(config.n_layers, masks.PERIOD)
         if config.von_mises_beta > 0:  # the first period's last layers: mu = 0 the first half of the map, mu = 1 the second
-            starts = [torch.from_numpy(von_mises_start(lo, hi, config.n_bins))
-                      for lo, hi in von_mises_halves(config.latent_beta, config.von_mises_beta)]
+            starts = [torch.from_numpy(start)
+                      for start in von_mises_start_halves(config.latent_beta, config.von_mises_beta, config.n_bins)]
             with torch.no_grad():
                 for i in range(period):
                     last = self.nets[i][-1]

@@ -7,7 +7,7 @@ shifting the active link by ``sign * (h(x_P) - x_P)`` (so the passive plaquette 
 triangular, as in :mod:`.coupling`). Plaquettes are gauge invariant, so the map is gauge equivariant.
 
 :class:`VonMisesTransport` sets the splines to the single-plaquette map from von Mises(``beta_from``) to
-von Mises(``beta_to``) (:func:`.coupling.von_mises_start`), which is what a ``u1_plaquette_coupling`` flow
+von Mises(``beta_to``) (:func:`.coupling.von_mises_start_halves`), which is what a ``u1_plaquette_coupling`` flow
 with ``latent_beta = beta_from``, ``von_mises_beta = beta_to`` and ``hidden = []`` does before training (its
 nets' weights start at zero, so only their last bias acts); ``tests/test_u1_transport.py`` checks that the
 two agree to rounding. Without a net a layer costs a few evaluations of the Wilson action (the conditioner
@@ -28,7 +28,7 @@ from ..geometry import plaquette_angles
 from . import coupling_plain as plain
 from . import masks
 from .circle_maps import CircularSpline
-from .coupling import von_mises_halves, von_mises_start
+from .coupling import von_mises_start_halves
 
 __all__ = ["VonMisesTransport"]
 
@@ -47,14 +47,10 @@ class VonMisesTransport:
             raise ValueError(f"VonMisesTransport: n_layers must be at least 1, got {n_layers}")
         self.beta_from, self.beta_to, self.n_bins = float(beta_from), float(beta_to), int(n_bins)
         self.labels = [masks.layer_labels(i) for i in range(n_layers)]
-        halves = von_mises_halves(self.beta_from, self.beta_to)
-        starts = [torch.from_numpy(von_mises_start(lo, hi, self.n_bins)) for lo, hi in halves]
-        for (lo, hi), start in zip(halves, starts):
-            if not torch.isfinite(start).all():
-                raise ValueError(
-                    f"VonMisesTransport: the spline from beta {lo:g} to {hi:g} with n_bins = {self.n_bins} has bins "
-                    "narrower than float64 resolves; use fewer bins or a smaller step"
-                )
+        try:
+            starts = [torch.from_numpy(start) for start in von_mises_start_halves(self.beta_from, self.beta_to, self.n_bins)]
+        except ValueError as exc:
+            raise ValueError(f"VonMisesTransport: {exc}; use fewer bins or a smaller step") from None
         # layers past the first period are the identity, as in u1_plaquette_coupling's start
         self._params = [starts[mu] if i < masks.PERIOD else None for i, (mu, _) in enumerate(self.labels)]
         self.circle_map = CircularSpline(n_bins=self.n_bins)
