@@ -33,6 +33,7 @@ from lattice_flows.params import integer, real
 from lattice_flows_hmc.nonequilibrium import InterpolatedAction, NonEquilibrium
 
 from .action import U1Wilson
+from .flows import masks
 from .flows.von_mises_transport import VonMisesTransport
 
 __all__ = ["U1NonEquilibriumTransport"]
@@ -41,10 +42,6 @@ __all__ = ["U1NonEquilibriumTransport"]
 @functools.lru_cache(maxsize=4096)
 def _transport(beta_from: float, beta_to: float, n_layers: int, n_bins: int) -> VonMisesTransport:
     return VonMisesTransport(beta_from, beta_to, n_layers=n_layers, n_bins=n_bins)
-
-
-def _is_wilson(action) -> bool:
-    return isinstance(action, U1Wilson) and type(action).refresh is Action.refresh
 
 
 @attrs.frozen(kw_only=True)
@@ -70,11 +67,11 @@ class U1NonEquilibriumTransport(NonEquilibrium):
     @classmethod
     def from_spec(cls, params: Mapping[str, Any], *, name: str, path: str, context: Mapping[str, Any]):
         shape = tuple(context.get("lattice_shape") or ())
-        if shape and (len(shape) != 2 or any(int(s) % 4 for s in shape)):
-            raise SpecError(
-                f"{path}: {name} needs a 2D lattice with sizes that are multiples of 4 (its coupling masks), "
-                f"got {list(shape)}"
-            )
+        if shape:
+            try:
+                masks.check_shape(shape, f"{name} (its coupling masks)")
+            except ValueError as exc:
+                raise SpecError(f"{path}: {exc}") from None
         return super().from_spec(params, name=name, path=path, context=context)
 
     @classmethod
@@ -85,17 +82,23 @@ class U1NonEquilibriumTransport(NonEquilibrium):
 
     def check_action(self, action: Action) -> None:
         super().check_action(action)
-        if not _is_wilson(action):
+        if not self.applies_to(action):
             raise ValueError(f"{NAME} samples only the u1_wilson action, got {type(action).__name__}")
-        if self.prior is None or not _is_wilson(self.prior):
+        if self.prior is None or not self.applies_to(self.prior):
             got = "none" if self.prior is None else type(self.prior).__name__
             raise ValueError(f"{NAME}: the prior must be a u1_wilson action (at a smaller beta), got {got}")
 
     def switch(self, k: int, x: Tensor, work: Tensor, current: InterpolatedAction, s_previous: Tensor):
         beta_from = self._beta(k - 1, current)
         beta_to = beta_from + self.transport_reach * (self._beta(k, current) - beta_from)
-        x1, logdet = _transport(beta_from, beta_to, self.transport_layers, self.n_bins)(x)
+        x1, logdet = self.transport(beta_from, beta_to)(x)
         return current.target.normalize(x1), work + current(x1) - s_previous - logdet
+
+    def transport(self, beta_from: float, beta_to: float):
+        """The map of one step: links ``(B, 2, L_0, L_1)`` -> ``(links, log|det| (B,))``, the von Mises start from
+        ``beta_from`` toward ``beta_to`` (built once per pair, then cached). A subclass may return another map
+        (``benchmarks/nonequilibrium_transport.py`` puts ``u1_plaquette_coupling`` layers here)."""
+        return _transport(beta_from, beta_to, self.transport_layers, self.n_bins)
 
     def _beta(self, k: int, current: InterpolatedAction) -> float:
         lam = k / self.n_switch
