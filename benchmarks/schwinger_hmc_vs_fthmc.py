@@ -66,6 +66,13 @@ PURE_GAUGE_FLOW_SPEC = SPECS / "u1_b6_8x8_poisson.toml"
 SAMPLERS = ("hmc", "fthmc_untrained", "fthmc_trained")
 
 
+def set_flow_betas(flow: dict, args) -> None:
+    """The Poisson flow's von Mises start at ``--beta`` and, if given, its ``--latent-beta`` (in place)."""
+    flow["von_mises_beta"] = args.beta
+    if args.latent_beta > 0:
+        flow["latent_beta"] = args.latent_beta
+
+
 def with_settings(spec: dict, args, *, length: float, steps: int) -> dict:
     spec = copy.deepcopy(spec)
     spec["lattice"] = {"shape": [args.shape, args.shape]}
@@ -73,9 +80,7 @@ def with_settings(spec: dict, args, *, length: float, steps: int) -> dict:
     if args.even_odd:
         spec["action"]["even_odd"] = True
     if "flow" in spec:
-        spec["flow"]["von_mises_beta"] = args.beta
-        if args.latent_beta > 0:
-            spec["flow"]["latent_beta"] = args.latent_beta
+        set_flow_betas(spec["flow"], args)
     integrator = spec["sampler"]["integrator"]
     if length > 0:
         integrator.update(step_size=length / steps, n_steps=steps)
@@ -89,9 +94,7 @@ def train_pure_gauge_flow(args, out: Path) -> str:
     """The Poisson flow trained ``--train-seconds`` on 8x8 ``u1_wilson`` at ``--beta`` (the spec of the U(1) runs)."""
     spec = load_spec(PURE_GAUGE_FLOW_SPEC)
     spec["action"]["beta"] = args.beta
-    spec["flow"]["von_mises_beta"] = args.beta
-    if args.latent_beta > 0:
-        spec["flow"]["latent_beta"] = args.latent_beta
+    set_flow_betas(spec["flow"], args)
     spec["training"]["max_seconds"] = args.train_seconds
     spec.update(dtype=args.dtype, device=args.device, seed=args.seed)
     sim = Simulation.from_spec(spec)
