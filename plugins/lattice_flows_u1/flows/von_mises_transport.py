@@ -11,8 +11,8 @@ von Mises(``beta_to``) (:func:`.coupling.von_mises_start_halves`), which is what
 with ``latent_beta = beta_from``, ``von_mises_beta = beta_to`` and ``hidden = []`` does before training (its
 nets' weights start at zero, so only their last bias acts); ``tests/test_u1_transport.py`` checks that the
 two agree to rounding. Without a net a layer costs a few evaluations of the Wilson action (the conditioner
-of ``u1_plaquette_coupling`` would cost 4-5 times more), which is what makes it worth putting between the steps of a non-equilibrium protocol
-(:class:`lattice_flows_u1.nonequilibrium.U1NonEquilibriumTransport`).
+of ``u1_plaquette_coupling`` costs about 2.5 times more), which is what makes it worth putting between the
+steps of a non-equilibrium protocol (:class:`lattice_flows_u1.nonequilibrium.U1NonEquilibriumTransport`).
 
 Shapes: links ``(B, 2, L_0, L_1)`` with ``L_0, L_1`` multiples of 4; ``log|det dx'/dx|`` ``(B,)``.
 """
