@@ -1,0 +1,217 @@
+"""Does training pay for the transport layers of ``u1_nonequilibrium_transport``? Annealed flow transport, measured.
+
+Issue 16's next step after the untrained layers (``docs/flows.md``): train each step's map ``f_k`` (4 layers at
+their von Mises start, ``transport_reach``) by the annealed-flow-transport loss ``<S_k(f_k(x)) - log|det f_k'(x)|>``
+over the fields ``x`` that reach step ``k`` (the reverse KL of the pushed-forward fields to ``exp(-S_k)``, up to a
+constant), then measure the protocol on fresh exact prior fields against the untrained one on the same fields:
+``var W``, ``mean W`` (lower is less dissipation: ``<W> - Delta F`` is the path KL), the pair acceptance.
+
+Two ways to train (Adam, ``--lr``):
+
+- default (online): every iteration runs ``--train-batch`` protocols from fresh exact prior fields through the
+  current maps; every step's map gets the gradient of its term at the fields that reach it (inputs and HMC steps
+  detached); the fresh protocols' mean ``W`` is printed every ``--report`` iterations, an unbiased running test;
+- ``--fixed-batch``: one batch of protocols, each step's map trained ``--iterations`` times on the fields that
+  reach it (half of them; the other half held out, whose loss is printed), before the next step.
+
+``--hidden H...`` trains ``u1_plaquette_coupling`` layers (a conditioner that sees the frozen plaquettes, ``hidden
+= []``: one linear convolution, zero at the start) instead of the context-free ones.
+
+    python benchmarks/train_transport.py --n-switch 25                 # online, context-free: ~2 CPU min
+    python benchmarks/train_transport.py --n-switch 25 --hidden        # online, linear conditioner: ~7 CPU min
+    python benchmarks/train_transport.py --n-switch 25 --iterations 30 --lr 3e-4 --train-batch 512 --chains 64 --fixed-batch
+
+16x16, prior beta 3 -> 6, HMC 0.1 x 5 per step, float64, one thread. CPU time of one process on a machine that may
+be shared. The exactness of the trained protocol (the maps' Jacobian in the work) is tested in
+``tests/test_benchmarks.py`` against Jarzynski's equality with the exact free energy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from lattice_flows import Simulation
+from lattice_flows_hmc.nonequilibrium import InterpolatedAction
+from lattice_flows_u1.exact_sampling import sample_exact
+from lattice_flows_u1.flows.coupling import PlaquetteCouplingFlow
+from lattice_flows_u1.flows.von_mises_transport import VonMisesTransport
+from lattice_flows_u1.nonequilibrium import U1NonEquilibriumTransport
+
+
+class Trained(U1NonEquilibriumTransport):
+    """``u1_nonequilibrium_transport`` whose step ``k`` applies the trained map ``_maps[k]``."""
+
+    def switch(self, k, x, work, current, s_previous):
+        x1, logdet = self._maps[k](x)
+        return current.target.normalize(x1), work + current(x1) - s_previous - logdet
+
+
+def make_sim(args, n_switch):
+    """The 16x16 (``--shape``) run whose sampler is ``u1_nonequilibrium_transport`` with ``n_switch`` steps."""
+    sampler = {"name": "u1_nonequilibrium_transport", "prior": {"name": "u1_wilson", "beta": args.prior_beta},
+               "n_switch": n_switch, "prior_updates": 1, "transport_layers": args.layers, "transport_reach": args.reach,
+               "n_bins": args.n_bins, "integrator": {"name": "leapfrog", "step_size": 0.1, "n_steps": 5}}
+    return Simulation.from_spec({"dtype": "float64", "lattice": {"shape": [args.shape, args.shape]},
+                                 "action": {"name": "u1_wilson", "beta": args.beta}, "sampler": sampler})
+
+
+def train(args, n_switch, seed):
+    """``--fixed-batch``: step by step on one batch (half trained on, half held out); ``(maps, CPU s, [])``."""
+    sim = make_sim(args, n_switch)
+    s, action = sim.sampler, sim.action
+    g = torch.Generator().manual_seed(seed)
+    y = sample_exact(args.prior_beta, args.train_batch, (args.shape, args.shape), generator=g, dtype=torch.float64)
+    prior = s.prior
+    x, _ = s._trajectory(y, prior, action.phase_space, g)
+    x = action.normalize(x)
+    maps, t0 = {}, time.process_time()
+    for k in range(1, n_switch + 1):
+        beta_from = s._beta(k - 1, InterpolatedAction(prior, action, 0.0))
+        beta_to = beta_from + args.reach * (s._beta(k, InterpolatedAction(prior, action, 0.0)) - beta_from)
+        t, params = build_map(args, beta_from, beta_to)
+        current = InterpolatedAction(prior, action, k / n_switch)
+        opt = torch.optim.Adam(params, lr=args.lr)
+        xd = x.detach()
+        half = xd.shape[0] // 2
+        xt, xh = xd[:half], xd[half:]
+        with torch.no_grad():
+            x1, logdet = t(xh)
+            first = float((current(x1) - logdet).mean())  # held out
+            x1, logdet = t(xt)
+            first_t = float((current(x1) - logdet).mean())
+        for it in range(args.iterations):
+            x1, logdet = t(xt)
+            loss = (current(x1) - logdet).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            x1h, logdet = t(xh)
+            last = float((current(x1h) - logdet).mean())
+            x1, logdet = t(xt)
+            last_t = float((current(x1) - logdet).mean())
+            x1, _ = t(xd)
+        if k % 5 == 1 or k == n_switch:
+            print(f"step {k}: train loss {first_t:.4f} -> {last_t:.4f}, held out {first:.4f} -> {last:.4f}")
+
+        for p in params:
+            p.requires_grad_(False)
+        maps[k] = t
+        x = action.normalize(x1.detach())
+        if k < n_switch:
+            x, _ = s._trajectory(x, current, action.phase_space, g)
+            x = action.normalize(x)
+    return maps, time.process_time() - t0, []
+
+
+def build_map(args, beta_from, beta_to):
+    """Step map at its von Mises start from ``beta_from`` toward ``beta_to``, and its trainable tensors."""
+    if args.hidden is None:
+        t = VonMisesTransport(beta_from, beta_to, n_layers=args.layers, n_bins=args.n_bins)
+        t._params = [p.double().clone().requires_grad_(True) for p in t._params]
+        t._cache.clear()
+        return t, t._params
+    t = PlaquetteCouplingFlow(PlaquetteCouplingFlow.Config(
+        n_layers=args.layers, hidden=tuple(args.hidden), kernel="spline", n_bins=args.n_bins,
+        von_mises_beta=beta_to, latent_beta=beta_from), (args.shape, args.shape)).double()
+    return t, list(t.parameters())
+
+
+def train_online(args, n_switch, seed):
+    """Every iteration: fresh exact prior fields, one protocol through the current maps; each step's map gets the
+    gradient of <S_k(f(x)) - log det> at the fields that reach it (the HMC steps and the inputs detached)."""
+    sim = make_sim(args, n_switch)
+    s, action = sim.sampler, sim.action
+    prior = s.prior
+    zero = InterpolatedAction(prior, action, 0.0)
+    maps, params = {}, []
+    for k in range(1, n_switch + 1):
+        b0 = s._beta(k - 1, zero)
+        maps[k], p = build_map(args, b0, b0 + args.reach * (s._beta(k, zero) - b0))
+        params += p
+    opt = torch.optim.Adam(params, lr=args.lr)
+    g = torch.Generator().manual_seed(seed)
+    t0, works = time.process_time(), []
+    for it in range(args.iterations):
+        y = sample_exact(args.prior_beta, args.train_batch, (args.shape, args.shape), generator=g, dtype=torch.float64)
+        x, _ = s._trajectory(y, prior, action.phase_space, g)
+        x = action.normalize(x)
+        with torch.no_grad():
+            s_prev = zero(x)
+        loss, work = 0.0, torch.zeros(x.shape[0], dtype=x.dtype)
+        for k in range(1, n_switch + 1):
+            current = InterpolatedAction(prior, action, k / n_switch)
+            x1, logdet = maps[k](x.detach())
+            term = current(x1) - logdet
+            loss = loss + term.mean()
+            work = work + term.detach() - s_prev
+            x = action.normalize(x1.detach())
+            if k < n_switch:
+                x, _ = s._trajectory(x, current, action.phase_space, g)
+                x = action.normalize(x)
+                with torch.no_grad():
+                    s_prev = current(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        works.append(work)
+        if (it + 1) % args.report == 0:
+            w = torch.cat(works[-args.report:])
+            print(f"  iteration {it + 1}: fresh protocols' mean W {float(w.mean()):.3f} ± {float(w.std() / w.numel() ** 0.5):.3f}, "
+                  f"var W {float(w.var()):.2f} ({time.process_time() - t0:.0f} CPU s)", flush=True)
+    for p in params:
+        p.requires_grad_(False)
+    return maps, time.process_time() - t0, []
+
+
+def evaluate(args, n_switch, maps, seed):
+    """Works ``(--chains,)`` of the untrained and the trained protocol from the same fresh exact prior fields."""
+    sim = make_sim(args, n_switch)
+    s = sim.sampler
+    out = {}
+    trained = Trained(**{a.name: getattr(s, a.name) for a in s.__attrs_attrs__})
+    object.__setattr__(trained, "_maps", maps)
+    for label, sampler in (("untrained", s), ("trained", trained)):
+        g = torch.Generator().manual_seed(seed)
+        y = sample_exact(args.prior_beta, args.chains, (args.shape, args.shape), generator=g, dtype=torch.float64)
+        t0 = time.process_time()
+        _, _, work, _ = sampler.propose(y, sim.action, g)
+        out[label] = (work, (time.process_time() - t0) / args.chains)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", type=int, default=16)
+    p.add_argument("--beta", type=float, default=6.0)
+    p.add_argument("--prior-beta", type=float, default=3.0)
+    p.add_argument("--n-switch", type=int, nargs="+", default=[50])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--n-bins", type=int, default=16)
+    p.add_argument("--reach", type=float, default=1.0)
+    p.add_argument("--iterations", type=int, default=200, help="Adam steps (per step of the protocol with --fixed-batch)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--train-batch", type=int, default=64, help="protocols per iteration (--fixed-batch: the one batch)")
+    p.add_argument("--chains", type=int, default=256, help="fresh protocols of the final measurement")
+    p.add_argument("--fixed-batch", action="store_true", help="train step by step on one batch (see the docstring)")
+    p.add_argument("--report", type=int, default=20)
+    p.add_argument("--hidden", type=int, nargs="*", default=None)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    import nonequilibrium_transport as bench  # benchmarks/ is on the path when this runs as a script
+
+    torch.set_num_threads(1)
+    for n in args.n_switch:
+        maps, secs, _ = (train if args.fixed_batch else train_online)(args, n, args.seed + 100)
+        print(f"n_switch {n}: trained in {secs:.1f} CPU s ({'fixed batch' if args.fixed_batch else 'online'})", flush=True)
+        res = evaluate(args, n, maps, args.seed)
+        for label, (w, cpu) in res.items():
+            print(f"  {label:>9}: var W {float(w.var()):.3f} ± {bench.bootstrap(w, lambda v: float(v.var())):.3f}, "
+                  f"mean W {float(w.mean()):.3f}, pair acc {bench.pair_acceptance(w):.3f}, {cpu:.2e} CPU s/protocol", flush=True)
+
+
+if __name__ == "__main__":
+    main()
