@@ -42,11 +42,27 @@ from lattice_flows_u1.nonequilibrium import U1NonEquilibriumTransport
 
 
 class Trained(U1NonEquilibriumTransport):
-    """``u1_nonequilibrium_transport`` whose step ``k`` applies the trained map ``_maps[k]``."""
+    """``u1_nonequilibrium_transport`` whose steps apply the trained maps ``_maps[(beta_from, beta_to)]``."""
 
-    def switch(self, k, x, work, current, s_previous):
-        x1, logdet = self._maps[k](x)
-        return current.target.normalize(x1), work + current(x1) - s_previous - logdet
+    def transport(self, beta_from: float, beta_to: float):
+        return self._maps[(beta_from, beta_to)]
+
+
+def trainable(t) -> list:
+    """The tensors a step map of :func:`build_map` trains."""
+    return t._params if isinstance(t, VonMisesTransport) else list(t.parameters())
+
+
+def step_loss(t, current, x):
+    """``(f(x), <S_k(f(x)) - log|det f'(x)|>)`` of a step map ``t`` at fields ``x``, ``current`` = ``S_k``."""
+    x1, logdet = t(x)
+    return x1, (current(x1) - logdet).mean()
+
+
+def hmc_step(s, x, current, action, generator):
+    """One of the protocol's HMC trajectories on ``current``, normalized as the sampler does."""
+    x, _ = s._trajectory(x, current, action.phase_space, generator)
+    return action.normalize(x)
 
 
 def make_sim(args, n_switch):
@@ -59,52 +75,39 @@ def make_sim(args, n_switch):
 
 
 def train(args, n_switch, seed):
-    """``--fixed-batch``: step by step on one batch (half trained on, half held out); ``(maps, CPU s, [])``."""
+    """``--fixed-batch``: step by step on one batch (half trained on, half held out); ``(maps by k, CPU s)``."""
     sim = make_sim(args, n_switch)
     s, action = sim.sampler, sim.action
+    prior, zero = s.prior, InterpolatedAction(s.prior, action, 0.0)
     g = torch.Generator().manual_seed(seed)
     y = sample_exact(args.prior_beta, args.train_batch, (args.shape, args.shape), generator=g, dtype=torch.float64)
-    prior = s.prior
-    x, _ = s._trajectory(y, prior, action.phase_space, g)
-    x = action.normalize(x)
+    x = hmc_step(s, y, prior, action, g)
     maps, t0 = {}, time.process_time()
     for k in range(1, n_switch + 1):
-        beta_from = s._beta(k - 1, InterpolatedAction(prior, action, 0.0))
-        beta_to = beta_from + args.reach * (s._beta(k, InterpolatedAction(prior, action, 0.0)) - beta_from)
-        t, params = build_map(args, beta_from, beta_to)
+        t, params = build_map(args, *s.step_betas(k, zero))
         current = InterpolatedAction(prior, action, k / n_switch)
         opt = torch.optim.Adam(params, lr=args.lr)
-        xd = x.detach()
-        half = xd.shape[0] // 2
-        xt, xh = xd[:half], xd[half:]
+        x = x.detach()
+        trained_half, held_out = x[: x.shape[0] // 2], x[x.shape[0] // 2:]
         with torch.no_grad():
-            x1, logdet = t(xh)
-            first = float((current(x1) - logdet).mean())  # held out
-            x1, logdet = t(xt)
-            first_t = float((current(x1) - logdet).mean())
-        for it in range(args.iterations):
-            x1, logdet = t(xt)
-            loss = (current(x1) - logdet).mean()
+            before = [float(step_loss(t, current, part)[1]) for part in (trained_half, held_out)]
+        for _ in range(args.iterations):
+            _, loss = step_loss(t, current, trained_half)
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            x1h, logdet = t(xh)
-            last = float((current(x1h) - logdet).mean())
-            x1, logdet = t(xt)
-            last_t = float((current(x1) - logdet).mean())
-            x1, _ = t(xd)
+            after = [float(step_loss(t, current, part)[1]) for part in (trained_half, held_out)]
+            x, _ = t(x)
         if k % 5 == 1 or k == n_switch:
-            print(f"step {k}: train loss {first_t:.4f} -> {last_t:.4f}, held out {first:.4f} -> {last:.4f}")
-
+            print(f"step {k}: train loss {before[0]:.4f} -> {after[0]:.4f}, held out {before[1]:.4f} -> {after[1]:.4f}")
         for p in params:
             p.requires_grad_(False)
         maps[k] = t
-        x = action.normalize(x1.detach())
+        x = action.normalize(x)
         if k < n_switch:
-            x, _ = s._trajectory(x, current, action.phase_space, g)
-            x = action.normalize(x)
-    return maps, time.process_time() - t0, []
+            x = hmc_step(s, x, current, action, g)
+    return maps, time.process_time() - t0
 
 
 def build_map(args, beta_from, beta_to):
@@ -113,11 +116,11 @@ def build_map(args, beta_from, beta_to):
         t = VonMisesTransport(beta_from, beta_to, n_layers=args.layers, n_bins=args.n_bins)
         t._params = [p.double().clone().requires_grad_(True) for p in t._params]
         t._cache.clear()
-        return t, t._params
-    t = PlaquetteCouplingFlow(PlaquetteCouplingFlow.Config(
-        n_layers=args.layers, hidden=tuple(args.hidden), kernel="spline", n_bins=args.n_bins,
-        von_mises_beta=beta_to, latent_beta=beta_from), (args.shape, args.shape)).double()
-    return t, list(t.parameters())
+    else:
+        t = PlaquetteCouplingFlow(PlaquetteCouplingFlow.Config(
+            n_layers=args.layers, hidden=tuple(args.hidden), kernel="spline", n_bins=args.n_bins,
+            von_mises_beta=beta_to, latent_beta=beta_from), (args.shape, args.shape)).double()
+    return t, trainable(t)
 
 
 def train_online(args, n_switch, seed):
@@ -129,16 +132,14 @@ def train_online(args, n_switch, seed):
     zero = InterpolatedAction(prior, action, 0.0)
     maps, params = {}, []
     for k in range(1, n_switch + 1):
-        b0 = s._beta(k - 1, zero)
-        maps[k], p = build_map(args, b0, b0 + args.reach * (s._beta(k, zero) - b0))
+        maps[k], p = build_map(args, *s.step_betas(k, zero))
         params += p
     opt = torch.optim.Adam(params, lr=args.lr)
     g = torch.Generator().manual_seed(seed)
     t0, works = time.process_time(), []
     for it in range(args.iterations):
         y = sample_exact(args.prior_beta, args.train_batch, (args.shape, args.shape), generator=g, dtype=torch.float64)
-        x, _ = s._trajectory(y, prior, action.phase_space, g)
-        x = action.normalize(x)
+        x = hmc_step(s, y, prior, action, g)
         with torch.no_grad():
             s_prev = zero(x)
         loss, work = 0.0, torch.zeros(x.shape[0], dtype=x.dtype)
@@ -150,8 +151,7 @@ def train_online(args, n_switch, seed):
             work = work + term.detach() - s_prev
             x = action.normalize(x1.detach())
             if k < n_switch:
-                x, _ = s._trajectory(x, current, action.phase_space, g)
-                x = action.normalize(x)
+                x = hmc_step(s, x, current, action, g)
                 with torch.no_grad():
                     s_prev = current(x)
         opt.zero_grad()
@@ -164,16 +164,16 @@ def train_online(args, n_switch, seed):
                   f"var W {float(w.var()):.2f} ({time.process_time() - t0:.0f} CPU s)", flush=True)
     for p in params:
         p.requires_grad_(False)
-    return maps, time.process_time() - t0, []
+    return maps, time.process_time() - t0
 
 
 def evaluate(args, n_switch, maps, seed):
     """Works ``(--chains,)`` of the untrained and the trained protocol from the same fresh exact prior fields."""
     sim = make_sim(args, n_switch)
     s = sim.sampler
-    out = {}
+    out, zero = {}, InterpolatedAction(s.prior, sim.action, 0.0)
     trained = Trained(**{a.name: getattr(s, a.name) for a in s.__attrs_attrs__})
-    object.__setattr__(trained, "_maps", maps)
+    object.__setattr__(trained, "_maps", {s.step_betas(k, zero): m for k, m in maps.items()})
     for label, sampler in (("untrained", s), ("trained", trained)):
         g = torch.Generator().manual_seed(seed)
         y = sample_exact(args.prior_beta, args.chains, (args.shape, args.shape), generator=g, dtype=torch.float64)
@@ -205,7 +205,7 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     for n in args.n_switch:
-        maps, secs, _ = (train if args.fixed_batch else train_online)(args, n, args.seed + 100)
+        maps, secs = (train if args.fixed_batch else train_online)(args, n, args.seed + 100)
         print(f"n_switch {n}: trained in {secs:.1f} CPU s ({'fixed batch' if args.fixed_batch else 'online'})", flush=True)
         res = evaluate(args, n, maps, args.seed)
         for label, (w, cpu) in res.items():

@@ -89,9 +89,7 @@ class U1NonEquilibriumTransport(NonEquilibrium):
             raise ValueError(f"{NAME}: the prior must be a u1_wilson action (at a smaller beta), got {got}")
 
     def switch(self, k: int, x: Tensor, work: Tensor, current: InterpolatedAction, s_previous: Tensor):
-        beta_from = self._beta(k - 1, current)
-        beta_to = beta_from + self.transport_reach * (self._beta(k, current) - beta_from)
-        x1, logdet = self.transport(beta_from, beta_to)(x)
+        x1, logdet = self.transport(*self.step_betas(k, current))(x)
         return current.target.normalize(x1), work + current(x1) - s_previous - logdet
 
     def transport(self, beta_from: float, beta_to: float):
@@ -99,6 +97,12 @@ class U1NonEquilibriumTransport(NonEquilibrium):
         ``beta_from`` toward ``beta_to`` (built once per pair, then cached). A subclass may return another map
         (``benchmarks/nonequilibrium_transport.py`` puts ``u1_plaquette_coupling`` layers here)."""
         return _transport(beta_from, beta_to, self.transport_layers, self.n_bins)
+
+    def step_betas(self, k: int, current: InterpolatedAction) -> tuple[float, float]:
+        """``(beta_from, beta_to)`` of step ``k``'s map: from ``beta_{k-1}`` toward ``beta_{k-1} + transport_reach
+        (beta_k - beta_{k-1})`` (``current``: any :class:`InterpolatedAction` of this protocol's prior and target)."""
+        beta_from = self._beta(k - 1, current)
+        return beta_from, beta_from + self.transport_reach * (self._beta(k, current) - beta_from)
 
     def _beta(self, k: int, current: InterpolatedAction) -> float:
         lam = k / self.n_switch
