@@ -23,6 +23,7 @@ process, one thread).
     python benchmarks/nonequilibrium_transport.py                                   # 16x16, prior beta 3: ~2 min
     python benchmarks/nonequilibrium_transport.py --context-free --n-switch 200 50 25
     python benchmarks/nonequilibrium_transport.py --shape 8 --prior-beta 2 --n-switch 100 30 --context-free
+    python benchmarks/nonequilibrium_transport.py --layout checkerboard --n-switch 50 --reach 0.5   # four-link layers
 
 CPU time of one process on a machine that may be shared: read the ratios, and rerun before quoting.
 """
@@ -40,6 +41,7 @@ import torch
 
 from lattice_flows import Simulation
 from lattice_flows_u1.exact_sampling import sample_exact
+from lattice_flows_u1.flows.checkerboard_transport import CheckerboardTransport
 from lattice_flows_u1.flows.coupling import PlaquetteCouplingFlow
 from lattice_flows_u1.nonequilibrium import U1NonEquilibriumTransport
 
@@ -62,6 +64,19 @@ class ThroughCouplingFlows(U1NonEquilibriumTransport):
         return lambda x: coupling_flow(beta_from, beta_to, self.transport_layers, self.n_bins, tuple(x.shape[2:]))(x)
 
 
+@functools.lru_cache(maxsize=4096)
+def checkerboard(beta_from: float, beta_to: float, n_bins: int) -> CheckerboardTransport:
+    """The two four-link checkerboard layers, each plaquette moved once all the way from ``beta_from`` to ``beta_to``."""
+    return CheckerboardTransport(beta_from, beta_to, n_bins=n_bins)
+
+
+class ThroughCheckerboard(U1NonEquilibriumTransport):
+    """``u1_nonequilibrium_transport`` whose steps apply :func:`checkerboard` instead of the one-link layers."""
+
+    def transport(self, beta_from: float, beta_to: float):
+        return checkerboard(beta_from, beta_to, self.n_bins)
+
+
 def protocol(args, n_switch: int, transport: bool, seed: int) -> dict:
     """Works ``(B,)`` of ``--chains`` protocols (``NonEquilibrium.propose``, one prior trajectory first) from exact
     prior fields, and their CPU seconds per protocol and chain (after a first protocol has built the maps)."""
@@ -74,8 +89,9 @@ def protocol(args, n_switch: int, transport: bool, seed: int) -> dict:
     sim = Simulation.from_spec({"dtype": "float64", "lattice": {"shape": list(shape)},
                                 "action": {"name": "u1_wilson", "beta": args.beta}, "sampler": sampler})
     chosen = sim.sampler
-    if transport and not args.context_free:
-        chosen = ThroughCouplingFlows(**{f.name: getattr(chosen, f.name) for f in attrs.fields(type(chosen))})
+    if transport and (args.layout == "checkerboard" or not args.context_free):
+        kind = ThroughCheckerboard if args.layout == "checkerboard" else ThroughCouplingFlows
+        chosen = kind(**{f.name: getattr(chosen, f.name) for f in attrs.fields(type(chosen))})
     g = torch.Generator().manual_seed(seed)
     y = sample_exact(args.prior_beta, args.chains, shape, generator=g, dtype=torch.float64)
     # builds (and caches) every step's map, as a chain does on its first update, so the timing is a protocol's
@@ -111,6 +127,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--context-free", action="store_true",
                    help="the layers without their conditioner (VonMisesTransport, what u1_nonequilibrium_transport applies): "
                    "the same map (to float32 rounding of the flow's start), at a fraction of the cost")
+    p.add_argument("--layout", choices=("stripes", "checkerboard"), default="stripes",
+                   help="stripes: the one-link layers above; checkerboard: the two four-link layers of CheckerboardTransport "
+                   "(context-free), which take each plaquette all the way to beta_{k-1} + reach (beta_k - beta_{k-1}), so "
+                   "reach 0.5 is the stripes' reach 1")
     p.add_argument("--step-size", type=float, default=0.1)
     p.add_argument("--n-steps", type=int, default=5)
     p.add_argument("--chains", type=int, default=64)
@@ -122,7 +142,7 @@ def main(argv=None) -> list[dict]:
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread; u1_wilson {args.shape}x"
           f"{args.shape}, protocols from beta {args.prior_beta:g} to {args.beta:g}, {args.chains} from exact prior "
           f"fields, HMC {args.step_size:g} x {args.n_steps} per step; transport: {args.layers} von Mises coupling layers, "
-          f"reach {args.reach:g}{', context-free' if args.context_free else ''}")
+          f"reach {args.reach:g}{', context-free' if args.context_free else ''}, layout {args.layout}")
     print(f"{'n_switch':>8} {'transport':>9} {'var W':>15} {'pair acceptance':>16} {'CPU s/protocol':>15}")
     rows = []
     for n_switch in args.n_switch:

@@ -14,12 +14,18 @@ Two ways to train (Adam, ``--lr``):
 - ``--fixed-batch``: one batch of protocols, each step's map trained ``--iterations`` times on the fields that
   reach it (half of them; the other half held out, whose loss is printed), before the next step.
 
+``--loss path`` (online) trains on the whole protocol instead: autograd follows the maps *and* the protocol's
+HMC trajectories (:func:`differentiable_hmc`, the same leapfrog written out of place), and the loss is the fresh
+protocols' mean ``W``, so a map is trained for what it does to every later step (the accept decisions are not
+differentiated).
+
 ``--hidden H...`` trains ``u1_plaquette_coupling`` layers (a conditioner that sees the frozen plaquettes, ``hidden
 = []``: one linear convolution, zero at the start) instead of the context-free ones.
 
     python benchmarks/train_transport.py --n-switch 25                 # online, context-free: ~2 CPU min
     python benchmarks/train_transport.py --n-switch 25 --hidden        # online, linear conditioner: ~7 CPU min
     python benchmarks/train_transport.py --n-switch 25 --iterations 30 --lr 3e-4 --train-batch 512 --chains 64 --fixed-batch
+    python benchmarks/train_transport.py --n-switch 25 --loss path --iterations 300 --report 30 --lr 3e-4   # ~3 CPU min
 
 16x16, prior beta 3 -> 6, HMC 0.1 x 5 per step, float64, one thread. CPU time of one process on a machine that may
 be shared. The exactness of the trained protocol (the maps' Jacobian in the work) is tested in
@@ -34,10 +40,12 @@ import time
 import torch
 
 from lattice_flows import Simulation
+from lattice_flows.angles import wrap
 from lattice_flows_hmc.nonequilibrium import InterpolatedAction
 from lattice_flows_u1.exact_sampling import sample_exact
 from lattice_flows_u1.flows.coupling import PlaquetteCouplingFlow
 from lattice_flows_u1.flows.von_mises_transport import VonMisesTransport
+from lattice_flows_u1.geometry import plaquette_angles
 from lattice_flows_u1.nonequilibrium import U1NonEquilibriumTransport
 
 
@@ -123,18 +131,34 @@ def build_map(args, beta_from, beta_to):
     return t, trainable(t)
 
 
-def train_online(args, n_switch, seed):
-    """Every iteration: fresh exact prior fields, one protocol through the current maps; each step's map gets the
-    gradient of <S_k(f(x)) - log det> at the fields that reach it (the HMC steps and the inputs detached)."""
+def _online_setup(args, n_switch):
+    """``(sampler, action, maps by k, their trainable tensors, Adam)`` of the online trainers, the maps at their start."""
     sim = make_sim(args, n_switch)
     s, action = sim.sampler, sim.action
-    prior = s.prior
-    zero = InterpolatedAction(prior, action, 0.0)
+    zero = InterpolatedAction(s.prior, action, 0.0)
     maps, params = {}, []
     for k in range(1, n_switch + 1):
         maps[k], p = build_map(args, *s.step_betas(k, zero))
         params += p
-    opt = torch.optim.Adam(params, lr=args.lr)
+    return s, action, maps, params, torch.optim.Adam(params, lr=args.lr)
+
+
+def _report(args, works, work, it, t0):
+    """Keep iteration ``it``'s works ``(B,)``; every ``--report`` iterations print the fresh protocols' mean and
+    variance of ``W`` over the last ``--report`` iterations (an unbiased running test of the current maps)."""
+    works.append(work)
+    if (it + 1) % args.report == 0:
+        w = torch.cat(works[-args.report:])
+        print(f"  iteration {it + 1}: fresh protocols' mean W {float(w.mean()):.3f} ± {float(w.std() / w.numel() ** 0.5):.3f}, "
+              f"var W {float(w.var()):.2f} ({time.process_time() - t0:.0f} CPU s)", flush=True)
+
+
+def train_online(args, n_switch, seed):
+    """Every iteration: fresh exact prior fields, one protocol through the current maps; each step's map gets the
+    gradient of <S_k(f(x)) - log det> at the fields that reach it (the HMC steps and the inputs detached)."""
+    s, action, maps, params, opt = _online_setup(args, n_switch)
+    prior = s.prior
+    zero = InterpolatedAction(prior, action, 0.0)
     g = torch.Generator().manual_seed(seed)
     t0, works = time.process_time(), []
     for it in range(args.iterations):
@@ -157,11 +181,66 @@ def train_online(args, n_switch, seed):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        works.append(work)
-        if (it + 1) % args.report == 0:
-            w = torch.cat(works[-args.report:])
-            print(f"  iteration {it + 1}: fresh protocols' mean W {float(w.mean()):.3f} ± {float(w.std() / w.numel() ** 0.5):.3f}, "
-                  f"var W {float(w.var()):.2f} ({time.process_time() - t0:.0f} CPU s)", flush=True)
+        _report(args, works, work, it, t0)
+    for p in params:
+        p.requires_grad_(False)
+    return maps, time.process_time() - t0
+
+
+def _wilson(beta, x):
+    """``S = beta sum (1 - cos x_P)`` ``(B,)``, out of place (differentiable in ``x``)."""
+    return beta * (1 - torch.cos(plaquette_angles(x))).sum(dim=(1, 2))
+
+
+def _wilson_force(beta, x):
+    """``dS/dx`` ``(B, 2, L_0, L_1)`` of :func:`_wilson`, out of place: the action's ``force`` works in place, which
+    autograd cannot follow."""
+    s = torch.sin(plaquette_angles(x))
+    return beta * torch.stack((s - torch.roll(s, 1, dims=2), torch.roll(s, 1, dims=1) - s), dim=1)
+
+
+def differentiable_hmc(x, beta, generator, step_size=0.1, n_steps=5):
+    """One HMC trajectory (leapfrog ``step_size x n_steps``, Metropolis test) on the Wilson action at ``beta``
+    that autograd follows through the leapfrog: the path gradient of the work (the accept decision itself is not
+    differentiated, so the gradient is that of the accepted branch)."""
+    v = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    h0 = 0.5 * v.square().sum(dim=(1, 2, 3)) + _wilson(beta, x)
+    x1, f = x, _wilson_force(beta, x)
+    for _ in range(n_steps):
+        v = v - 0.5 * step_size * f
+        x1 = x1 + step_size * v
+        f = _wilson_force(beta, x1)
+        v = v - 0.5 * step_size * f
+    delta_h = 0.5 * v.square().sum(dim=(1, 2, 3)) + _wilson(beta, x1) - h0
+    u = torch.rand(delta_h.shape, generator=generator, dtype=x.dtype)
+    accepted = u < torch.exp(-delta_h.detach())
+    return wrap(torch.where(accepted.view(-1, 1, 1, 1), x1, x))
+
+
+def train_path(args, n_switch, seed):
+    """``--loss path``: every iteration, fresh exact prior fields and one protocol through the current maps, with
+    autograd through the maps *and* the protocol's HMC steps; the loss is the protocol's mean work ``<W>`` (the
+    path KL plus ``Delta F``), so a map is trained for what it does to every later step, not only to its own."""
+    s, action, maps, params, opt = _online_setup(args, n_switch)
+    betas = [args.prior_beta + (args.beta - args.prior_beta) * k / n_switch for k in range(n_switch + 1)]
+    g = torch.Generator().manual_seed(seed)
+    t0, works = time.process_time(), []
+    for it in range(args.iterations):
+        y = sample_exact(args.prior_beta, args.train_batch, (args.shape, args.shape), generator=g, dtype=torch.float64)
+        x = hmc_step(s, y, s.prior, action, g)
+        work = -_wilson(betas[0], x)
+        for k in range(1, n_switch + 1):
+            x1, logdet = maps[k](x)
+            work = work + _wilson(betas[k], x1) - logdet
+            x = wrap(x1)
+            if k < n_switch:
+                x = differentiable_hmc(x, betas[k], g)
+                work = work - _wilson(betas[k], x)
+        loss = work.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _report(args, works, work.detach(), it, t0)
     for p in params:
         p.requires_grad_(False)
     return maps, time.process_time() - t0
@@ -197,16 +276,21 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=64, help="protocols per iteration (--fixed-batch: the one batch)")
     p.add_argument("--chains", type=int, default=256, help="fresh protocols of the final measurement")
     p.add_argument("--fixed-batch", action="store_true", help="train step by step on one batch (see the docstring)")
+    p.add_argument("--loss", choices=("step", "path"), default="step",
+                   help="step: each map's own term (annealed flow transport); path: the whole protocol's mean W")
     p.add_argument("--report", type=int, default=20)
     p.add_argument("--hidden", type=int, nargs="*", default=None)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
+    if args.fixed_batch and args.loss == "path":
+        p.error("--loss path trains online (fresh protocols every iteration); it does not combine with --fixed-batch")
     import nonequilibrium_transport as bench  # benchmarks/ is on the path when this runs as a script
 
     torch.set_num_threads(1)
     for n in args.n_switch:
-        maps, secs = (train if args.fixed_batch else train_online)(args, n, args.seed + 100)
-        print(f"n_switch {n}: trained in {secs:.1f} CPU s ({'fixed batch' if args.fixed_batch else 'online'})", flush=True)
+        trainer = train if args.fixed_batch else train_path if args.loss == "path" else train_online
+        maps, secs = trainer(args, n, args.seed + 100)
+        print(f"n_switch {n}: trained in {secs:.1f} CPU s ({'fixed batch' if args.fixed_batch else args.loss + ' loss, online'})", flush=True)
         res = evaluate(args, n, maps, args.seed)
         for label, (w, cpu) in res.items():
             print(f"  {label:>9}: var W {float(w.var()):.3f} ± {bench.bootstrap(w, lambda v: float(v.var())):.3f}, "

@@ -117,6 +117,11 @@ SPECS: dict[str, dict[str, Any]] = {
                           "n_switch": 3, "transport_layers": 8, "integrator": leapfrog(0.2, 3)},
         **_run(dtype="float32"),
     },
+    "u1_nonequilibrium_checkerboard": {
+        **U1, "sampler": {"name": "u1_nonequilibrium_checkerboard", "prior": {"name": "u1_wilson", "beta": 1.0},
+                          "n_switch": 3, "integrator": leapfrog(0.2, 3)},
+        **_run(),
+    },
     "phi4_hmc_leapfrog": {**PHI4, "sampler": {"name": "hmc", "integrator": leapfrog(0.3, 3)}, "observables": PHI4_OBSERVABLES, **_run()},
     "phi4_fthmc_affine_trained": {
         **PHI4, "flow": {"name": "affine_coupling", "n_layers": 4, "hidden": [4]}, "training": {**TRAIN, "force_penalty": 0.1},

@@ -123,7 +123,8 @@ EXACT_ACTIONS = {
 
 
 #: Samplers that cannot run on an EXACT_ACTIONS lattice, with the one they are checked on instead.
-EXACT_LATTICES = {"u1_nonequilibrium_transport": {"u1_wilson": (4, 4)}}  # coupling masks: sizes multiples of 4
+# coupling masks: sizes multiples of 4; the checkerboard: even sizes
+EXACT_LATTICES = {"u1_nonequilibrium_transport": {"u1_wilson": (4, 4)}, "u1_nonequilibrium_checkerboard": {"u1_wilson": (4, 4)}}
 
 
 @pytest.mark.parametrize("sampler_name", SAMPLER_NAMES)

@@ -370,6 +370,33 @@ class CircularSpline(CircleMap):
         state = (idx, nxt, sm_w, sm_h, raw_d, w, h, s, xi, d0, d1, D, A, N, logd) if need_state else ()
         return disp, logd, state
 
+    def displacement_shared(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`displacement` for one parameter vector ``params`` ``(n_params,)`` shared by every site of ``x``
+        ``(*S)``: the bin tables are built once (``(K,)``, not ``(K, *S)``) and each site only finds its bin
+        (``searchsorted``) and evaluates it, so a context-free layer costs a few elementwise passes over the
+        sites. The same numbers as :meth:`displacement` with ``params`` expanded to every site (to rounding);
+        autograd follows both ``x`` and ``params``."""
+        if params.shape != (self.n_params,):
+            raise ValueError(f"CircularSpline.displacement_shared: params must be ({self.n_params},), got {tuple(params.shape)}")
+        K = self.n_bins
+        # the tables of one site, (K, 1): the same reductions as displacement's (K, *S) ones, to the bit
+        _, _, widths, heights, _, dvec = (t.squeeze(1) for t in self._tables(params.view(-1, 1)))
+        x = wrap(x)
+        right_x = torch.cumsum(widths.view(-1, 1), dim=0).sub_(math.pi).squeeze(1)
+        right_y = torch.cumsum(heights.view(-1, 1), dim=0).sub_(math.pi).squeeze(1)
+        idx = torch.searchsorted(right_x[:-1].contiguous(), x.contiguous(), right=True)
+        nxt = torch.where(idx == K - 1, 0, idx + 1)
+        w, h = widths[idx], heights[idx]
+        x0, y0 = right_x[idx] - w, right_y[idx] - h
+        d0, d1 = dvec[idx], dvec[nxt]
+        s = h / w
+        xi = (x - x0) / w
+        xi1 = xi * (1 - xi)
+        D = s + (d0 + d1 - 2 * s) * xi1
+        A = s * xi * xi + d0 * xi1
+        logd, _ = self._log_derivative(xi, s, d0, d1, D)
+        return y0 + h * A / D + params[-1] - x, logd
+
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         _, _, widths, heights, _, dvec = self._tables(params)
         y = wrap(y - params[-1])

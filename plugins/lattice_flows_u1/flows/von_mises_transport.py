@@ -11,7 +11,8 @@ von Mises(``beta_to``) (:func:`.coupling.von_mises_start_halves`), which is what
 with ``latent_beta = beta_from``, ``von_mises_beta = beta_to`` and ``hidden = []`` does before training (its
 nets' weights start at zero, so only their last bias acts); ``tests/test_u1_transport.py`` checks that the
 two agree to rounding. Without a net a layer costs a few evaluations of the Wilson action (the conditioner
-of ``u1_plaquette_coupling`` costs about 2.5 times more), which is what makes it worth putting between the
+of ``u1_plaquette_coupling`` costs about 3 times more; the spline's bin tables are built once per layer,
+:meth:`.circle_maps.CircularSpline.displacement_shared`), which is what makes it worth putting between the
 steps of a non-equilibrium protocol (:class:`lattice_flows_u1.nonequilibrium.U1NonEquilibriumTransport`).
 
 Shapes: links ``(B, 2, L_0, L_1)`` with ``L_0, L_1`` multiples of 4; ``log|det dx'/dx|`` ``(B,)``.
@@ -74,7 +75,7 @@ class VonMisesTransport:
             if params is None:
                 continue
             active = plain.stripe(plaq, mu, offset)
-            delta, log_slope = self.circle_map.displacement_plain(active, params.view(-1, 1, 1, 1).expand(-1, *active.shape))
+            delta, log_slope = self.circle_map.displacement_shared(active, params)
             plaq = plain.moved(plaq, delta, mu, offset)
             plain.stripe(shifts[mu], mu, offset).add_(delta if masks.ACTIVE_SIGN[mu] > 0 else -delta)
             logdet = logdet + log_slope.sum(dim=(0, 1))
