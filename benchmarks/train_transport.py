@@ -42,6 +42,7 @@ import torch
 from lattice_flows import Simulation
 from lattice_flows.angles import wrap
 from lattice_flows_hmc.nonequilibrium import InterpolatedAction
+from lattice_flows_u1.action import U1Wilson
 from lattice_flows_u1.exact_sampling import sample_exact
 from lattice_flows_u1.flows.coupling import PlaquetteCouplingFlow
 from lattice_flows_u1.flows.von_mises_transport import VonMisesTransport
@@ -188,8 +189,8 @@ def train_online(args, n_switch, seed):
 
 
 def _wilson(beta, x):
-    """``S = beta sum (1 - cos x_P)`` ``(B,)``, out of place (differentiable in ``x``)."""
-    return beta * (1 - torch.cos(plaquette_angles(x))).sum(dim=(1, 2))
+    """``S`` ``(B,)`` of ``u1_wilson`` at ``beta`` (its ``__call__`` is out of place: autograd follows it)."""
+    return U1Wilson(beta=beta)(x)
 
 
 def _wilson_force(beta, x):

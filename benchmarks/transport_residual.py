@@ -28,6 +28,7 @@ import argparse
 import torch
 
 from lattice_flows.angles import wrap
+from lattice_flows_u1.action import U1Wilson
 from lattice_flows_u1.exact_sampling import sample_exact
 from lattice_flows_u1.flows.checkerboard_transport import CheckerboardTransport
 from lattice_flows_u1.flows.circle_maps import CircularSpline
@@ -37,8 +38,8 @@ from lattice_flows_u1.geometry import plaquette_angles
 
 
 def wilson(beta: float, x: torch.Tensor) -> torch.Tensor:
-    """``beta sum (1 - cos x_P)`` ``(B,)`` of links ``(B, 2, L_0, L_1)``."""
-    return beta * (1 - torch.cos(plaquette_angles(x))).sum(dim=(1, 2))
+    """``u1_wilson``'s ``S`` ``(B,)`` at ``beta`` of links ``(B, 2, L_0, L_1)``."""
+    return U1Wilson(beta=beta)(x)
 
 
 def independent_work(x: torch.Tensor, beta_from: float, beta_map: float, beta_to: float, n_bins: int) -> torch.Tensor:

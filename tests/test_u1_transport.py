@@ -216,7 +216,7 @@ def test_the_checkerboard_sampler_is_exact_and_refuses_an_odd_lattice():
         sim = Simulation.from_spec(spec)
         _, _, work, _ = sim.sampler.propose(exact_fields(2.0, 512, (4, 4)), sim.action, torch.Generator().manual_seed(3))
         check_jarzynski_u1(work, 2.0, 3.0, (4, 4))
-    with pytest.raises(SpecError, match=r"even sizes, got \[5, 6\]"):
+    with pytest.raises(SpecError, match=r"multiples of 2, got \[5, 6\]"):
         Simulation.from_spec(_checkerboard_spec(3.0, 1.0, 4, 3, shape=(5, 6)))
     spec = _checkerboard_spec(3.0, 1.0, 4, 3, shape=(6, 6))
     spec["sampler"]["prior"] = {"name": "u1_wilson_defect", "beta": 3.0, "defect_beta": 1.0, "defect_shape": [1, 2]}

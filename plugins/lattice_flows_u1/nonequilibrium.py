@@ -161,8 +161,7 @@ class U1NonEquilibriumCheckerboard(_TransportProtocol):
 
     @classmethod
     def _check_lattice(cls, shape: tuple, what: str) -> None:
-        if len(shape) != 2 or any(not isinstance(n, int) or n < 2 or n % 2 for n in shape):
-            raise ValueError(f"{what} needs a 2D lattice with even sizes, got {list(shape)}")
+        masks.check_shape(shape, what, multiple=2)
 
     def transport(self, beta_from: float, beta_to: float):
         """The map of one step: :class:`.flows.checkerboard_transport.CheckerboardTransport` at its von Mises start

@@ -56,11 +56,12 @@ PERIOD = 8
 ACTIVE_SIGN = (1, -1)
 
 
-def check_shape(lattice_shape: Sequence[int], what: str = "plaquette coupling masks") -> tuple[int, int]:
-    """``(L_0, L_1)`` if the lattice is 2D with sizes that are positive multiples of 4, else ``ValueError``."""
+def check_shape(lattice_shape: Sequence[int], what: str = "plaquette coupling masks", multiple: int = 4) -> tuple[int, int]:
+    """``(L_0, L_1)`` if the lattice is 2D with sizes that are positive multiples of ``multiple`` (4: these masks;
+    2: the checkerboard of :mod:`.checkerboard_transport`), else ``ValueError``."""
     shape = tuple(lattice_shape)
-    if len(shape) != 2 or any(not isinstance(n, numbers.Integral) or n < 4 or n % 4 for n in shape):
-        raise ValueError(f"{what} needs a 2D lattice with sizes that are multiples of 4, got {list(shape)}")
+    if len(shape) != 2 or any(not isinstance(n, numbers.Integral) or n < multiple or n % multiple for n in shape):
+        raise ValueError(f"{what} needs a 2D lattice with sizes that are multiples of {multiple}, got {list(shape)}")
     return int(shape[0]), int(shape[1])
 
 
